@@ -1,0 +1,88 @@
+"""Defaults for managers created implicitly: ``configure()`` beats ``STEPSYNC_*`` beats built-ins."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+logger = logging.getLogger("stepsync")
+
+LATE_POLICIES = ("axis", "next", "drop", "raise")
+
+_BUILTIN: dict[str, Any] = {
+    "buffer_size": 100,
+    "flush_interval": 2.0,
+    "late": "axis",
+    "axis_key": "stepsync/step",
+}
+_ENV = {
+    "buffer_size": "STEPSYNC_BUFFER_SIZE",
+    "flush_interval": "STEPSYNC_FLUSH_INTERVAL",
+    "late": "STEPSYNC_LATE",
+}
+_configured: dict[str, Any] = {}
+
+
+def check_option(name: str, value: Any) -> Any:
+    """Validate one manager option; raise ``TypeError``/``ValueError`` like a bad argument."""
+    if name == "buffer_size":
+        if type(value) is not int:
+            raise TypeError(f"stepsync: buffer_size must be an int, not {type(value).__name__}")
+        if value < 1:
+            raise ValueError(f"stepsync: buffer_size must be >= 1, got {value}")
+    elif name == "flush_interval":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(
+                f"stepsync: flush_interval must be a number, not {type(value).__name__}"
+            )
+        if not value >= 0:
+            raise ValueError(f"stepsync: flush_interval must be >= 0, got {value}")
+        value = float(value)
+    elif name == "late":
+        if value not in LATE_POLICIES:
+            raise ValueError(f"stepsync: late must be one of {LATE_POLICIES}, got {value!r}")
+    elif name == "axis_key":
+        if not isinstance(value, str) or not value or value.startswith("_"):
+            raise ValueError("stepsync: axis_key must be a non-empty str not starting with '_'")
+    else:
+        raise TypeError(f"stepsync: unknown option {name!r}; expected one of {sorted(_BUILTIN)}")
+    return value
+
+
+def configure(**defaults: Any) -> None:
+    """Set defaults (``buffer_size``, ``flush_interval``, ``late``, ``axis_key``) for new managers."""
+    checked = {name: check_option(name, value) for name, value in defaults.items()}
+    _configured.update(checked)
+
+
+def _from_env(name: str) -> Any:
+    raw = os.environ.get(_ENV.get(name, ""), "").strip()
+    if not raw:
+        return None
+    try:
+        value: Any = raw
+        if name == "buffer_size":
+            value = int(raw)
+        elif name == "flush_interval":
+            value = float(raw)
+        return check_option(name, value)
+    except (TypeError, ValueError):
+        logger.warning("stepsync: ignoring %s=%r (invalid value)", _ENV[name], raw)
+        return None
+
+
+def manager_defaults() -> dict[str, Any]:
+    """The options for a manager created implicitly (by ``get_manager`` or the patch)."""
+    options = dict(_BUILTIN)
+    for name in _ENV:
+        value = _from_env(name)
+        if value is not None:
+            options[name] = value
+    options.update(_configured)
+    return options
+
+
+def reset() -> None:
+    """Forget ``configure()`` defaults (for tests)."""
+    _configured.clear()

@@ -1,0 +1,438 @@
+"""The per-run step manager: decides each value's logical step, merges, commits in order.
+
+A value's path: ``log()`` resolves its logical step (scope, explicit step, current step, or
+wandb's auto-increment), appends it to that step's pending bucket, and ``_commit_through``
+later writes each step as ONE ``Run.log`` call, in ascending logical order, with native step
+``max(logical, last native + 1)`` and the axis key carrying the logical step.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from operator import itemgetter
+from typing import Any, Literal
+
+from stepsync import _registry, _wandb
+from stepsync._config import check_option
+from stepsync._context import ACTIVE_PRODUCER, ACTIVE_STEP
+from stepsync._errors import LateStepError, NoActiveRunError
+from stepsync._validate import check_data, check_priority, check_step
+
+logger = logging.getLogger("stepsync")
+
+LatePolicy = Literal["axis", "next", "drop", "raise"]
+
+#: One pending log call: its priority and a private copy of its data.
+Entry = tuple[int, dict[str, Any]]
+
+_by_priority = itemgetter(0)
+
+
+def merge(entries: list[Entry]) -> tuple[dict[str, Any], int]:
+    """Merge one step's entries: lowest priority number wins, then the later write.
+
+    Returns the merged dict and the number of key collisions.
+    """
+    if len(entries) == 1:
+        return entries[0][1], 0  # already a private copy
+    merged: dict[str, Any] = {}
+    written = 0
+    # A stable sort, highest number first: updates from more important sources come last and
+    # win; within one priority the original (arrival) order is kept, so the later write wins.
+    for _, data in sorted(entries, key=_by_priority, reverse=True):
+        merged.update(data)
+        written += len(data)
+    return merged, written - len(merged)
+
+
+class StepManager:
+    """Routes every value of one wandb run to its logical step and commits one row per step."""
+
+    def __init__(
+        self,
+        run: Any = None,
+        *,
+        buffer_size: int = 100,
+        flush_interval: float = 2.0,
+        late: LatePolicy = "axis",
+        axis_key: str = "stepsync/step",
+    ) -> None:
+        if run is None:
+            import wandb
+
+            run = wandb.run
+            if run is None:
+                raise NoActiveRunError(
+                    "stepsync: no active wandb run; call wandb.init() first or pass run="
+                )
+        existing = run.__dict__.get(_registry.ATTR)
+        if existing is not None:
+            raise ValueError(
+                "stepsync: this run already has a manager; use stepsync.get_manager(run)"
+            )
+        self._buffer_size: int = check_option("buffer_size", buffer_size)
+        self._flush_interval: float = check_option("flush_interval", flush_interval)
+        self._late: LatePolicy = check_option("late", late)
+        self._axis_key: str = check_option("axis_key", axis_key)
+        self._run = run
+        self._shared = _wandb.is_shared(run)
+        self._lock = threading.RLock()
+        self._reset_state()
+        next_step = _wandb.starting_step(run)
+        self._committed_through = next_step - 1
+        self._last_native = next_step - 1
+        self._declared: set[str] = set()
+        self._user_axes: dict[str, str] = {}
+        self._user_globs: list[str] = []
+        _wandb.add_finish_hook(run, self.finalize)
+        _registry.register(self, run)
+
+    def _reset_state(self) -> None:
+        # pending: logical step -> entries; `_heap` holds the same steps for ordered commits.
+        self._pending: dict[int, list[Entry]] = {}
+        self._touched: dict[int, float] = {}
+        self._heap: list[int] = []
+        self._entries = 0
+        self._late_next: list[Entry] = []
+        self._current: int | None = None
+        self._frontier = -1
+        self._flusher: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._stats = dict.fromkeys(
+            (
+                "total_logs",
+                "dropped_logs",
+                "step_conflicts",
+                "successful_flushes",
+                "late_logs",
+                "key_conflicts",
+                "step_jumps",
+                "failed_flushes",
+                "wandb_calls",
+                "calls_saved",
+                "dropped_values",
+            ),
+            0,
+        )
+        self._dropped_steps: tuple[int, int] | None = None
+        self._dropped_reported = 0
+
+    # ----------------------------------------------------------------- public API
+
+    @property
+    def run(self) -> Any:
+        """The wandb run this manager commits to."""
+        return self._run
+
+    @property
+    def current_step(self) -> int | None:
+        """The step that step-less calls outside scopes go to (``update_step`` / last scope)."""
+        return self._current
+
+    @property
+    def axis_key(self) -> str:
+        """The history key that carries the logical step in every committed row."""
+        return self._axis_key
+
+    def log(
+        self,
+        data: Mapping[str, Any],
+        step: int | None = None,
+        *,
+        commit: bool | None = None,
+        source: str | None = None,
+        priority: int | None = None,
+    ) -> None:
+        """Log ``data`` to its logical step; it is committed with everything else of that step.
+
+        ``source``/``priority`` default to the innermost ``@logs_metrics`` call, else
+        ``"default"``/5. Priority 0 wins key collisions, then 1, 5, 10 ...
+        """
+        if source is None or priority is None:
+            producer = ACTIVE_PRODUCER.get()
+            if producer is not None:
+                source = producer[0] if source is None else source
+                priority = producer[1] if priority is None else priority
+        self._log(
+            data,
+            step,
+            commit,
+            "default" if source is None else source,
+            5 if priority is None else check_priority(priority),
+        )
+
+    def update_step(self, step: int, source: str | None = None) -> None:
+        """Make ``step`` the current step; steps below it are closed and commit once idle."""
+        step = check_step(step)
+        with self._lock:
+            self._current = step
+            self._frontier = max(self._frontier, step)
+            self._ensure_flusher()
+        if source is not None and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("stepsync: step %d set by %s", step, source)
+
+    def flush(self) -> None:
+        """Commit every pending step now, open ones included."""
+        with self._lock:
+            if self._pending:
+                self._commit_through(max(self._pending))
+            if self._late_next:
+                # late="next" data with no later step to ride on: an extra row at the last step.
+                entries, self._late_next = self._late_next, []
+                self._commit_step(self._committed_through, entries)
+
+    def finalize(self) -> None:
+        """Flush, stop the background flusher and report dropped data; call before finish."""
+        self.flush()
+        with self._lock:
+            self._wake.set()
+            self._flusher = None
+            dropped = self._stats["dropped_logs"]
+            steps = self._dropped_steps
+            report = dropped > self._dropped_reported
+            self._dropped_reported = dropped
+        if report and steps is not None:
+            logger.warning(
+                "stepsync: late='drop' dropped %d late log calls (%d values) for steps %d..%d",
+                dropped,
+                self._stats["dropped_values"],
+                steps[0],
+                steps[1],
+            )
+
+    def get_stats(self) -> dict[str, int]:
+        """Counters since the manager was created (see README, "Statistics")."""
+        with self._lock:
+            stats = dict(self._stats)
+            stats["pending_steps"] = len(self._pending) + (1 if self._late_next else 0)
+            stats["pending_entries"] = self._entries + len(self._late_next)
+        return stats
+
+    # -------------------------------------------------------------- the log path
+
+    def _log(
+        self,
+        data: Mapping[str, Any],
+        step: int | None,
+        commit: bool | None,
+        source: str,
+        priority: int,
+    ) -> None:
+        """Resolve the logical step of one call and buffer it (source/priority resolved)."""
+        data = check_data(data)
+        if step is not None:
+            step = check_step(step)
+        if _wandb.is_finished(self._run):
+            raise _run_finished_error(self._run)
+        entry: Entry = (priority, dict(data))
+        scope_step = ACTIVE_STEP.get()
+        with self._lock:
+            stats = self._stats
+            stats["total_logs"] += 1
+            close = False
+            if scope_step is not None:
+                if step is not None and step != scope_step:
+                    stats["step_conflicts"] += 1
+                    if logger.isEnabledFor(logging.DEBUG):
+                        logger.debug(
+                            "stepsync: %s logged step=%d inside step_scope(%d); the scope wins",
+                            source,
+                            step,
+                            scope_step,
+                        )
+                target = scope_step
+            elif step is not None:
+                target = step
+            elif self._current is not None:
+                target = self._current
+            else:
+                # wandb's own auto-increment: the highest open step, else the next one; a
+                # commit (None/True) closes it, as plain wandb would.
+                target = (
+                    self._frontier
+                    if self._frontier > self._committed_through
+                    else self._committed_through + 1
+                )
+                close = commit is None or commit
+            if target <= self._committed_through and not self._accept_late(
+                target, entry, source
+            ):
+                return
+            bucket = self._pending.get(target)
+            if bucket is None:
+                self._pending[target] = [entry]
+                heapq.heappush(self._heap, target)
+                self._frontier = max(self._frontier, target)
+            else:
+                bucket.append(entry)
+            self._touched[target] = time.monotonic()
+            self._entries += 1
+            if close:
+                self._commit_through(target)
+            elif self._entries > self._buffer_size:
+                self._commit_overflow()
+            elif self._flusher is None:
+                self._ensure_flusher()
+
+    def _accept_late(self, step: int, entry: Entry, source: str) -> bool:
+        """Apply the late policy; True when the entry should still go into a bucket of ``step``."""
+        stats = self._stats
+        stats["late_logs"] += 1
+        policy = self._late
+        if policy == "axis":
+            return True
+        if policy == "next":
+            stats["step_conflicts"] += 1
+            self._late_next.append(entry)
+        elif policy == "drop":
+            stats["dropped_logs"] += 1
+            stats["dropped_values"] += len(entry[1])
+            low, high = self._dropped_steps or (step, step)
+            self._dropped_steps = (min(low, step), max(high, step))
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("stepsync: dropped late data from %s for step %d", source, step)
+        else:
+            raise LateStepError(step, self._committed_through)
+        return False
+
+    # ----------------------------------------------------------- scope and timer
+
+    def _scope_entered(self, step: int) -> None:
+        with self._lock:
+            self._current = step
+            self._frontier = max(self._frontier, step)
+
+    def _scope_exited(self, step: int) -> None:
+        with self._lock:
+            if self._heap and self._heap[0] <= step:
+                self._commit_through(step)
+
+    def _ensure_flusher(self) -> None:
+        """Start the background thread that commits closed steps once they sit idle."""
+        if self._flusher is not None or self._flush_interval <= 0:
+            return
+        self._wake = threading.Event()
+        self._flusher = threading.Thread(
+            target=self._flush_idle_loop,
+            args=(self._wake,),
+            name="stepsync-flusher",
+            daemon=True,
+        )
+        self._flusher.start()
+
+    def _flush_idle_loop(self, wake: threading.Event) -> None:
+        while not wake.wait(self._flush_interval):
+            try:
+                self._commit_idle()
+            except Exception:  # never let bookkeeping kill the thread silently
+                logger.exception("stepsync: background flush failed")
+
+    def _commit_idle(self) -> None:
+        """Commit the closed steps, lowest first, that have had no new data for a while."""
+        with self._lock:
+            deadline = time.monotonic() - self._flush_interval
+            through = None
+            for step in sorted(self._heap):
+                if step >= self._frontier or self._touched[step] > deadline:
+                    break
+                through = step
+            if through is not None:
+                self._commit_through(through)
+
+    def _commit_overflow(self) -> None:
+        """Too many entries are pending: commit the lowest closed steps until under the limit."""
+        heap = self._heap
+        while heap and self._entries > self._buffer_size and heap[0] < self._frontier:
+            self._commit_through(heap[0])
+
+    # ------------------------------------------------------------------- commits
+
+    def _commit_through(self, through: int) -> None:
+        """Commit, in ascending logical order, every pending step <= ``through``.
+
+        Called with the lock held; the lock also keeps native steps in order.
+        """
+        heap = self._heap
+        while heap and heap[0] <= through:
+            step = heapq.heappop(heap)
+            entries = self._pending.pop(step)
+            del self._touched[step]
+            self._entries -= len(entries)
+            if self._late_next:
+                entries = self._late_next + entries
+                self._late_next = []
+            self._commit_step(step, entries)
+
+    def _commit_step(self, step: int, entries: list[Entry]) -> None:
+        """Write one merged row for logical ``step`` through wandb's own ``log``."""
+        merged, collisions = merge(entries)
+        stats = self._stats
+        stats["key_conflicts"] += collisions
+        stats["calls_saved"] += len(entries) - 1
+        merged[self._axis_key] = step
+        native = max(step, self._last_native + 1, _wandb.next_native_step(self._run))
+        self._committed_through = max(self._committed_through, step)
+        self._last_native = native
+        if native != step:
+            stats["step_jumps"] += 1
+        try:
+            self._declare(merged)
+            _wandb.native_log(self._run, merged, None if self._shared else native)
+        except Exception:
+            stats["failed_flushes"] += 1
+            logger.exception(
+                "stepsync: wandb refused the row of step %d (native step %d, keys %s)",
+                step,
+                native,
+                sorted(merged),
+            )
+            return
+        stats["wandb_calls"] += 1
+        stats["successful_flushes"] += 1
+
+    def _declare(self, row: Mapping[str, Any]) -> None:
+        """Put each new key on the logical-step axis, unless the user gave it an axis."""
+        declared = self._declared
+        new = [key for key in row if key not in declared]
+        if not new:
+            return
+        run = self._run
+        axis = self._axis_key
+        for key in new:
+            declared.add(key)
+            if key.startswith("_") or key in self._user_axes:
+                continue
+            if key == axis:
+                _wandb.native_define_metric(run, axis)
+            elif not any(key.startswith(glob) for glob in self._user_globs):
+                _wandb.native_define_metric(run, key, step_metric=axis)
+
+    def _note_user_metric(self, name: str, step_metric: Any) -> None:
+        """Record a ``define_metric`` of the user's, so stepsync leaves that key's axis alone."""
+        if step_metric is None:
+            return
+        with self._lock:
+            if name.endswith("*"):
+                self._user_globs.append(name[:-1])
+            else:
+                self._user_axes[name] = str(step_metric)
+
+    def _reset_after_fork(self) -> None:
+        """In a fork child: a fresh lock and no pending data (the parent owns it)."""
+        self._lock = threading.RLock()
+        committed, last_native = self._committed_through, self._last_native
+        self._reset_state()
+        self._committed_through, self._last_native = committed, last_native
+
+
+def _run_finished_error(run: Any) -> Exception:
+    from wandb.errors import UsageError
+
+    return UsageError(
+        f"Run ({getattr(run, 'id', '?')}) is finished: stepsync cannot log to it. "
+        "Log before run.finish(), or start a new run."
+    )

@@ -1,0 +1,83 @@
+"""``@logs_metrics``: attribute what a function logs (and returns) to a source and priority."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import wrapt
+
+from stepsync._context import ACTIVE_PRODUCER
+from stepsync._errors import NoActiveRunError
+from stepsync._validate import check_priority
+
+logger = logging.getLogger("stepsync")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_warned_no_run = False
+
+
+def logs_metrics(source: str, priority: int = 5) -> Callable[[F], F]:
+    """Decorate a function (sync or async) whose logs belong to ``source`` at ``priority``.
+
+    Inside the call, every log routed through stepsync is attributed to ``source``; a returned
+    mapping is logged to the active step. The return value is passed back untouched.
+    """
+    if not isinstance(source, str) or not source:
+        raise TypeError(f"stepsync: source must be a non-empty str, not {source!r}")
+    producer = (source, check_priority(priority))
+
+    @wrapt.decorator  # type: ignore[untyped-decorator]
+    def wrapper(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        if inspect.iscoroutinefunction(wrapped):
+            return _run_async(wrapped, args, kwargs, producer)
+        token = ACTIVE_PRODUCER.set(producer)
+        try:
+            result = wrapped(*args, **kwargs)
+            _log_result(result, producer)
+        finally:
+            ACTIVE_PRODUCER.reset(token)
+        return result
+
+    return wrapper  # type: ignore[no-any-return]
+
+
+async def _run_async(
+    wrapped: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    producer: tuple[str, int],
+) -> Any:
+    token = ACTIVE_PRODUCER.set(producer)
+    try:
+        result = await wrapped(*args, **kwargs)
+        _log_result(result, producer)
+    finally:
+        ACTIVE_PRODUCER.reset(token)
+    return result
+
+
+def _log_result(result: Any, producer: tuple[str, int]) -> None:
+    """Log a returned mapping to the active step of the current run, if there is one."""
+    global _warned_no_run
+    if not isinstance(result, Mapping):
+        return
+    from stepsync._registry import get_manager
+
+    try:
+        manager = get_manager()
+    except NoActiveRunError:
+        if not _warned_no_run:
+            _warned_no_run = True
+            logger.warning(
+                "stepsync: @logs_metrics(%r) returned metrics but there is no wandb run; "
+                "they are not logged (shown once)",
+                producer[0],
+            )
+        return
+    manager._log(result, None, None, producer[0], producer[1])

@@ -1,0 +1,89 @@
+"""One manager per wandb run: lookup, scope notifications, exit flush and fork reset."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from stepsync._errors import NoActiveRunError
+
+if TYPE_CHECKING:
+    from stepsync._manager import StepManager
+
+#: The attribute under which a run keeps its manager (a dict lookup on the hot path).
+ATTR = "_stepsync_manager"
+
+_lock = threading.Lock()
+_managers: weakref.WeakSet[StepManager] = weakref.WeakSet()
+_exit_hook_registered = False
+
+
+def get_manager(run: Any = None) -> StepManager:
+    """The manager of ``run`` (default: ``wandb.run``), created on first use."""
+    if run is None:
+        import wandb
+
+        run = wandb.run
+        if run is None:
+            raise NoActiveRunError(
+                "stepsync: no active wandb run; call wandb.init() first or pass run="
+            )
+    manager: StepManager | None = run.__dict__.get(ATTR)
+    if manager is not None:
+        return manager
+    from stepsync._config import manager_defaults
+    from stepsync._manager import StepManager
+
+    with _lock:
+        manager = run.__dict__.get(ATTR)
+        if manager is None:
+            manager = StepManager(run, **manager_defaults())
+    return manager
+
+
+def register(manager: StepManager, run: Any) -> None:
+    """Attach ``manager`` to ``run`` and to the scope notifications; flush it at exit."""
+    global _exit_hook_registered
+    run.__dict__[ATTR] = manager
+    _managers.add(manager)
+    if not _exit_hook_registered:
+        # atexit runs last-registered first: wandb registered its teardown at its first
+        # wandb.init, before any manager exists, so this flush runs while wandb still accepts data.
+        atexit.register(flush_all)
+        _exit_hook_registered = True
+
+
+def managers() -> list[StepManager]:
+    """The live managers (a snapshot, safe to iterate while others register)."""
+    return list(_managers)
+
+
+def scope_entered(step: int) -> None:
+    """A ``step_scope(step)`` opened: it is now every manager's current step."""
+    for manager in list(_managers):
+        manager._scope_entered(step)
+
+
+def scope_exited(step: int) -> None:
+    """The outermost ``step_scope(step)`` closed: commit it and every pending step below."""
+    for manager in list(_managers):
+        manager._scope_exited(step)
+
+
+def flush_all() -> None:
+    """Commit every pending value of every live manager (at exit and on ``unpatch()``)."""
+    for manager in list(_managers):
+        manager.flush()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()
+    for manager in list(_managers):
+        manager._reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,85 @@
+"""wandb's own functions, captured before any patch, and the guard that keeps commits native.
+
+The manager commits through these originals, so a commit never re-enters stepsync's patch; the
+thread-local guard tells the patched ``Run._log`` that a call comes from wandb's own ``log``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from wandb.sdk import wandb_run
+
+Run = wandb_run.Run
+
+#: The attributes of ``Run`` that stepsync may patch, as wandb defines them.
+ORIGINALS: dict[str, Any] = {
+    name: Run.__dict__[name] for name in ("log", "_log", "define_metric") if name in Run.__dict__
+}
+
+
+class _Guard(threading.local):
+    active = False
+
+
+GUARD = _Guard()
+
+
+def call_native(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a wandb original with the guard up, so patched wrappers pass the call straight on."""
+    if GUARD.active:
+        return fn(*args, **kwargs)
+    GUARD.active = True
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        GUARD.active = False
+
+
+def native_log(run: Any, data: Mapping[str, Any], step: int | None) -> None:
+    """Commit one row through wandb's own ``Run.log``."""
+    call_native(ORIGINALS["log"], run, data, step=step, commit=True)
+
+
+def native_define_metric(run: Any, name: str, step_metric: str | None = None) -> None:
+    """Declare a metric through wandb's own ``Run.define_metric``."""
+    call_native(ORIGINALS["define_metric"], run, name, step_metric=step_metric)
+
+
+def next_native_step(run: Any) -> int:
+    """The step of the run's next row, as wandb's Python side knows it (no round trip)."""
+    step = getattr(run, "_local_step", 0)
+    return step if type(step) is int else 0
+
+
+def starting_step(run: Any) -> int:
+    """The step of the run's next row, asked of wandb-core (after a resume it is not 0)."""
+    try:
+        return int(run.step)
+    except Exception:  # disabled/shared runs, or a wandb without the property
+        return next_native_step(run)
+
+
+def is_finished(run: Any) -> bool:
+    """True once ``run.finish()`` has begun; wandb refuses ``log`` after that."""
+    return bool(getattr(run, "_is_finished", False))
+
+
+def is_shared(run: Any) -> bool:
+    """True for a run in ``mode="shared"``, where wandb ignores ``step``."""
+    try:
+        return bool(run.settings._shared)
+    except Exception:
+        return False
+
+
+def add_finish_hook(run: Any, hook: Callable[[], None]) -> bool:
+    """Run ``hook`` at the start of ``run.finish()``, while the run still accepts ``log``."""
+    try:
+        hooks = run._teardown_hooks
+        hooks.append(wandb_run.TeardownHook(hook, wandb_run.TeardownStage.EARLY))
+    except Exception:
+        return False
+    return True
