@@ -1,0 +1,233 @@
+"""Read the rows a wandb run really recorded, from its offline ``run-<id>.wandb`` file.
+
+The file is what ``wandb sync`` would upload, so it shows exactly which values wandb kept and
+which it dropped. Usage::
+
+    from stepsync.history import find_run_dirs, read_history
+
+    for run_dir in find_run_dirs("wandb"):
+        for row in read_history(run_dir):
+            print(row["_step"], row)
+
+File format: a 7-byte header (``:W&B``, magic 0xBEE1, version 0), then LevelDB log framing
+(32 KiB blocks of chunks ``crc32 u32 | length u16 | type u8 | data``; a block trailer shorter
+than a chunk header is zero padding) around serialized ``wandb_internal_pb2.Record`` messages.
+wandb's checksum is the plain (IEEE, unmasked) CRC-32 of the type byte followed by the data.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import struct
+import time
+import zlib
+from pathlib import Path
+from typing import Any, NoReturn
+
+__all__ = [
+    "HistoryReadError",
+    "find_run_dirs",
+    "read_history",
+    "read_records",
+]
+
+logger = logging.getLogger("stepsync.history")
+
+_FILE_HEADER = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
+_BLOCK_SIZE = 32 * 1024
+_CHUNK_HEADER = struct.Struct("<IHB")  # crc32, length, type
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+# CRC of each chunk type byte, the seed the data's CRC continues from.
+_TYPE_CRC = {kind: zlib.crc32(bytes([kind])) for kind in (_FULL, _FIRST, _MIDDLE, _LAST)}
+_POLL_INTERVAL = 0.02  # seconds between looks at a file whose run has not written `exit` yet
+
+
+class HistoryReadError(ValueError):
+    """The file is not a wandb run file, or it is corrupt before its last complete record."""
+
+
+def find_run_dirs(path: str | os.PathLike[str]) -> list[Path]:
+    """Return the run directories at ``path``, sorted by name (which starts with the start time).
+
+    ``path`` may be a run directory, a ``.wandb`` file, a folder of run directories such as
+    ``./wandb``, or the folder given to ``wandb.init(dir=...)`` (which holds ``wandb/``).
+    """
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"no such file or directory: {root}")
+    if root.is_file():
+        return [root.parent]
+    if _run_files(root):
+        return [root]
+    parents = [root, root / "wandb"] if (root / "wandb").is_dir() else [root]
+    # `latest-run` is a symlink to one of the others; skip links so no run is listed twice.
+    return sorted(
+        child
+        for parent in parents
+        for child in parent.iterdir()
+        if child.is_dir() and not child.is_symlink() and _run_files(child)
+    )
+
+
+def read_records(
+    run_dir: str | os.PathLike[str],
+    *,
+    timeout: float = 10.0,
+    wait_for_exit: bool = True,
+) -> list[Any]:
+    """Return every complete ``wandb_internal_pb2.Record`` of a run file, in file order.
+
+    Waits up to ``timeout`` seconds for the run's ``exit`` record (offline ``run.finish()`` can
+    return before wandb-core has written the file); after that, or with ``wait_for_exit=False``,
+    returns what is complete, ignoring a truncated tail.
+    """
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, got {timeout!r}")
+    if timeout < 0:
+        raise ValueError(f"timeout must be >= 0, got {timeout!r}")
+    path = Path(run_dir)
+    if not path.exists():
+        raise FileNotFoundError(f"no such run directory or file: {path}")
+
+    reader = _LogReader(_run_file(path))
+    deadline = time.monotonic() + timeout
+    reader.read_new()
+    while wait_for_exit and not reader.exited:
+        if time.monotonic() >= deadline:
+            logger.warning(
+                "%s: no exit record after %.1f s; returning the %d complete records so far",
+                reader.path,
+                timeout,
+                len(reader.records),
+            )
+            break
+        time.sleep(_POLL_INTERVAL)
+        reader.read_new()
+    return reader.records
+
+
+def read_history(
+    run_dir: str | os.PathLike[str],
+    *,
+    timeout: float = 10.0,
+    wait_for_exit: bool = True,
+) -> list[dict[str, Any]]:
+    """Return one dict per history row wandb recorded, in file order, values JSON-decoded.
+
+    Rows hold wandb's own keys (``_step``, ``_runtime``, ``_timestamp``) beside the logged
+    ones; a nested dict comes back nested, a whole float such as 1.0 as the int 1 (wandb's
+    JSON). Waiting works as in :func:`read_records`.
+    """
+    records = read_records(run_dir, timeout=timeout, wait_for_exit=wait_for_exit)
+    return [_row(record.history) for record in records if record.HasField("history")]
+
+
+def _row(history: Any) -> dict[str, Any]:
+    """Rebuild a row from a HistoryRecord, as wandb's own ``dict_from_proto_list`` does."""
+    row: dict[str, Any] = {}
+    for item in history.item:
+        keys = list(item.nested_key) or [item.key]
+        level = row
+        for key in keys[:-1]:
+            level = level.setdefault(key, {})
+        level[keys[-1]] = json.loads(item.value_json)
+    return row
+
+
+def _run_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("run-*.wandb"))
+
+
+def _run_file(path: Path) -> Path:
+    """The ``.wandb`` file of a run directory, or ``path`` itself if it is a file."""
+    if path.is_file():
+        return path
+    files = _run_files(path)
+    if len(files) == 1:
+        return files[0]
+    if files:
+        names = ", ".join(f.name for f in files)
+        raise HistoryReadError(f"{path}: several run files ({names}); pass one of them")
+    raise HistoryReadError(
+        f"{path}: no run-*.wandb file here; find_run_dirs() lists the runs below a folder"
+    )
+
+
+class _LogReader:
+    """Reads a run file incrementally: each call parses only what was appended since."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.records: list[Any] = []
+        self.exited = False
+        self._offset = 0  # end of the last complete record (or of the file header)
+
+    def read_new(self) -> None:
+        with self.path.open("rb") as file:
+            file.seek(self._offset)
+            data = file.read()
+        if self._offset == 0:
+            if not _FILE_HEADER.startswith(data[: len(_FILE_HEADER)]):
+                raise HistoryReadError(f"{self.path}: not a wandb run file (bad header)")
+            if len(data) < len(_FILE_HEADER):
+                return  # header not written yet
+            self._offset = len(_FILE_HEADER)
+            data = data[len(_FILE_HEADER) :]
+        # Imported by name: wandb's generated protobuf modules carry no type information.
+        proto = importlib.import_module("wandb.proto.wandb_internal_pb2")
+        decode_error = importlib.import_module("google.protobuf.message").DecodeError
+        for payload in self._complete_payloads(data):
+            try:
+                record = proto.Record.FromString(payload)
+            except decode_error as exc:
+                raise HistoryReadError(f"{self.path}: not a wandb Record: {exc}") from exc
+            self.records.append(record)
+            self.exited = self.exited or record.HasField("exit")
+
+    def _complete_payloads(self, data: bytes) -> list[bytes]:
+        """Join the chunks in ``data`` (file bytes from ``self._offset`` on) into payloads."""
+        base = self._offset  # file position of data[0]; blocks are aligned on file positions
+        pos = base
+        payloads: list[bytes] = []
+        fragments: list[bytes] | None = None
+        while (found := self._next_chunk(data, base, pos)) is not None:
+            chunk_pos, kind, chunk = found
+            if (kind in (_FULL, _FIRST)) != (fragments is None):
+                self._corrupt(chunk_pos, "chunk out of sequence")
+            pos = chunk_pos + _CHUNK_HEADER.size + len(chunk)
+            if fragments is None:
+                fragments = [chunk]
+            else:
+                fragments.append(chunk)
+            if kind in (_FULL, _LAST):
+                payloads.append(b"".join(fragments))
+                fragments = None
+                self._offset = pos
+        return payloads
+
+    def _next_chunk(self, data: bytes, base: int, pos: int) -> tuple[int, int, bytes] | None:
+        """Return (file position, type, data) of the chunk at ``pos``; None if none is complete."""
+        block_left = _BLOCK_SIZE - pos % _BLOCK_SIZE
+        if block_left < _CHUNK_HEADER.size:
+            pos += block_left  # zero-padded block trailer
+            block_left = _BLOCK_SIZE
+        start = pos - base + _CHUNK_HEADER.size
+        if start > len(data):
+            return None  # end of file, or a chunk header not completely written yet
+        crc, length, kind = _CHUNK_HEADER.unpack_from(data, pos - base)
+        if length > block_left - _CHUNK_HEADER.size:
+            self._corrupt(pos, "chunk length crosses a block boundary")
+        if start + length > len(data):
+            return None  # chunk data not completely written yet
+        chunk = data[start : start + length]
+        if kind not in _TYPE_CRC or zlib.crc32(chunk, _TYPE_CRC[kind]) != crc:
+            if not data[pos - base :].strip(b"\0"):
+                return None  # only zeros left: preallocated space, nothing written there yet
+            self._corrupt(pos, "checksum mismatch or unknown chunk type")
+        return pos, kind, chunk
+
+    def _corrupt(self, pos: int, what: str) -> NoReturn:
+        raise HistoryReadError(f"{self.path}: corrupt at byte {pos}: {what}")

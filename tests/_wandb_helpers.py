@@ -1,0 +1,34 @@
+"""Helpers for tests that read a real offline wandb run back (import: `from _wandb_helpers ...`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from stepsync.history import read_history, read_records
+
+# wandb's own bookkeeping keys; `_step` is kept because tests assert on the native step.
+NON_USER_KEYS = frozenset({"_runtime", "_timestamp", "_wandb"})
+
+
+def finish_run(run: Any) -> None:
+    """Finish ``run`` unless it is finished already."""
+    if not getattr(run, "_is_finished", False):
+        run.finish()
+
+
+def rows_of(run: Any) -> list[dict[str, Any]]:
+    """Finish ``run`` if needed and return the history rows wandb wrote for it."""
+    finish_run(run)
+    return read_history(run.settings.sync_file)
+
+
+def records_of(run: Any, kind: str) -> list[Any]:
+    """Finish ``run`` if needed and return its records of one type ("metric", "exit", ...)."""
+    finish_run(run)
+    return [r for r in read_records(run.settings.sync_file) if r.WhichOneof("record_type") == kind]
+
+
+def user_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop wandb's `_runtime`, `_timestamp`, `_wandb` from each row to keep assertions short."""
+    return [{k: v for k, v in row.items() if k not in NON_USER_KEYS} for row in rows]

@@ -1,0 +1,56 @@
+"""Shared fixtures: every test runs wandb offline in its own temporary folders."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import wandb
+from _wandb_helpers import finish_run
+
+# Set by wandb itself so that child processes reach the running wandb-core; not user settings.
+_WANDB_OWN_VARIABLES = frozenset({"WANDB_SERVICE"})
+
+
+@pytest.fixture(autouse=True)
+def isolated_wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run wandb offline and quiet, in tmp folders, with no STEPSYNC_/WANDB_ variable leaking in."""
+    for name in list(os.environ):
+        if name.startswith("STEPSYNC_") or (
+            name.startswith("WANDB_") and name not in _WANDB_OWN_VARIABLES
+        ):
+            monkeypatch.delenv(name)
+    home = tmp_path / "wandb-home"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_CONSOLE", "off")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    for variable in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        folder = home / variable.removeprefix("WANDB_").lower()
+        folder.mkdir(parents=True)
+        monkeypatch.setenv(variable, str(folder))
+
+
+@pytest.fixture
+def offline_run(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Factory: ``run = offline_run(**init_kwargs)`` starts an offline run under tmp_path."""
+    runs: list[Any] = []
+
+    def start(**init_kwargs: Any) -> Any:
+        kwargs: dict[str, Any] = {
+            "mode": "offline",
+            "dir": tmp_path,
+            "project": "stepsync-tests",
+            "reinit": "create_new",
+            **init_kwargs,
+        }
+        run = wandb.init(**kwargs)
+        runs.append(run)
+        return run
+
+    yield start
+    for run in reversed(runs):
+        finish_run(run)
