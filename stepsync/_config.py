@@ -1,4 +1,4 @@
-"""Defaults for managers created implicitly: ``configure()`` beats ``STEPSYNC_*`` beats built-ins."""
+"""Defaults for implicit managers: ``configure()``, then ``STEPSYNC_*``, then built-ins."""
 
 from __future__ import annotations
 
@@ -51,7 +51,10 @@ def check_option(name: str, value: Any) -> Any:
 
 
 def configure(**defaults: Any) -> None:
-    """Set defaults (``buffer_size``, ``flush_interval``, ``late``, ``axis_key``) for new managers."""
+    """Set defaults for managers created implicitly (``get_manager``, the patch).
+
+    Options: ``buffer_size``, ``flush_interval``, ``late``, ``axis_key``.
+    """
     checked = {name: check_option(name, value) for name, value in defaults.items()}
     _configured.update(checked)
 

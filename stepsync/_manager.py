@@ -79,16 +79,19 @@ class StepManager:
         self._late: LatePolicy = check_option("late", late)
         self._axis_key: str = check_option("axis_key", axis_key)
         self._run = run
+        # A disabled run (wandb.init(mode="disabled")) is not a Run: logging to it is a no-op.
+        self._noop = not isinstance(run, _wandb.Run)
         self._shared = _wandb.is_shared(run)
         self._lock = threading.RLock()
         self._reset_state()
-        next_step = _wandb.starting_step(run)
+        next_step = 0 if self._noop else _wandb.starting_step(run)
         self._committed_through = next_step - 1
         self._last_native = next_step - 1
         self._declared: set[str] = set()
         self._user_axes: dict[str, str] = {}
         self._user_globs: list[str] = []
-        _wandb.add_finish_hook(run, self.finalize)
+        if not self._noop:
+            _wandb.add_finish_hook(run, self.finalize)
         _registry.register(self, run)
 
     def _reset_state(self) -> None:
@@ -226,57 +229,58 @@ class StepManager:
         data = check_data(data)
         if step is not None:
             step = check_step(step)
+        if self._noop:
+            return
         if _wandb.is_finished(self._run):
             raise _run_finished_error(self._run)
         entry: Entry = (priority, dict(data))
         scope_step = ACTIVE_STEP.get()
         with self._lock:
-            stats = self._stats
-            stats["total_logs"] += 1
-            close = False
+            self._stats["total_logs"] += 1
             if scope_step is not None:
                 if step is not None and step != scope_step:
-                    stats["step_conflicts"] += 1
-                    if logger.isEnabledFor(logging.DEBUG):
-                        logger.debug(
-                            "stepsync: %s logged step=%d inside step_scope(%d); the scope wins",
-                            source,
-                            step,
-                            scope_step,
-                        )
-                target = scope_step
+                    self._step_conflict(step, scope_step, source)
+                target, close = scope_step, False
             elif step is not None:
-                target = step
+                target, close = step, False
             elif self._current is not None:
-                target = self._current
+                target, close = self._current, False
             else:
                 # wandb's own auto-increment: the highest open step, else the next one; a
                 # commit (None/True) closes it, as plain wandb would.
-                target = (
-                    self._frontier
-                    if self._frontier > self._committed_through
-                    else self._committed_through + 1
-                )
+                target = max(self._frontier, self._committed_through + 1)
                 close = commit is None or commit
-            if target <= self._committed_through and not self._accept_late(
-                target, entry, source
-            ):
+            if target <= self._committed_through and not self._accept_late(target, entry, source):
                 return
-            bucket = self._pending.get(target)
-            if bucket is None:
-                self._pending[target] = [entry]
-                heapq.heappush(self._heap, target)
-                self._frontier = max(self._frontier, target)
-            else:
-                bucket.append(entry)
-            self._touched[target] = time.monotonic()
-            self._entries += 1
-            if close:
-                self._commit_through(target)
-            elif self._entries > self._buffer_size:
-                self._commit_overflow()
-            elif self._flusher is None:
-                self._ensure_flusher()
+            self._buffer(target, entry, close)
+
+    def _buffer(self, step: int, entry: Entry, close: bool) -> None:
+        """Add one entry to the bucket of ``step``; commit what must go now (lock held)."""
+        bucket = self._pending.get(step)
+        if bucket is None:
+            self._pending[step] = [entry]
+            heapq.heappush(self._heap, step)
+            self._frontier = max(self._frontier, step)
+        else:
+            bucket.append(entry)
+        self._touched[step] = time.monotonic()
+        self._entries += 1
+        if close:
+            self._commit_through(step)
+        elif self._entries > self._buffer_size:
+            self._commit_overflow()
+        elif self._flusher is None:
+            self._ensure_flusher()
+
+    def _step_conflict(self, step: int, scope_step: int, source: str) -> None:
+        self._stats["step_conflicts"] += 1
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "stepsync: %s logged step=%d inside step_scope(%d); the scope wins",
+                source,
+                step,
+                scope_step,
+            )
 
     def _accept_late(self, step: int, entry: Entry, source: str) -> bool:
         """Apply the late policy; True when the entry should still go into a bucket of ``step``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import wrapt
 
@@ -30,7 +30,7 @@ def logs_metrics(source: str, priority: int = 5) -> Callable[[F], F]:
         raise TypeError(f"stepsync: source must be a non-empty str, not {source!r}")
     producer = (source, check_priority(priority))
 
-    @wrapt.decorator  # type: ignore[untyped-decorator]
+    @wrapt.decorator
     def wrapper(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
@@ -44,7 +44,7 @@ def logs_metrics(source: str, priority: int = 5) -> Callable[[F], F]:
             ACTIVE_PRODUCER.reset(token)
         return result
 
-    return wrapper  # type: ignore[no-any-return]
+    return cast("Callable[[F], F]", wrapper)
 
 
 async def _run_async(

@@ -24,7 +24,7 @@ def check_step(step: object, name: str = "step") -> int:
     elif isinstance(step, (bool, float)) or not hasattr(step, "__index__"):
         raise TypeError(f"stepsync: {name} must be an integer, not {type(step).__name__}")
     else:
-        value = operator.index(step)  # type: ignore[call-overload]
+        value = operator.index(step)
     if value < 0:
         raise ValueError(f"stepsync: {name} must be >= 0, got {value}")
     return value
