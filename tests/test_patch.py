@@ -1,0 +1,130 @@
+"""The in-process patch: routing of Run.log and Run._log, identity on unpatch, user axes kept."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import wandb
+from _wandb_helpers import records_of, rows_of, user_rows
+from wandb.sdk.wandb_run import Run
+
+import stepsync
+from stepsync import _wandb
+
+
+@pytest.fixture(autouse=True)
+def unpatched() -> Iterator[None]:
+    """Every test starts and ends with wandb's own functions in place."""
+    stepsync.unpatch()
+    yield
+    stepsync.unpatch()
+
+
+class TestPatchIdentity:
+    def test_patch_is_idempotent_and_unpatch_restores_identity(self):
+        """patch() twice wraps once; unpatch() puts back wandb's exact function objects."""
+        originals = {name: Run.__dict__[name] for name in ("log", "_log", "define_metric")}
+        stepsync.patch()
+        wrapped_once = Run.__dict__["log"]
+        stepsync.patch()
+        assert Run.__dict__["log"] is wrapped_once
+        assert wrapped_once.__wrapped__ is originals["log"]
+        assert stepsync.is_patched()
+        stepsync.unpatch()
+        assert not stepsync.is_patched()
+        for name, original in originals.items():
+            assert Run.__dict__[name] is original
+
+    def test_bound_method_captured_while_patched_is_native_after_unpatch(self, offline_run):
+        """A `run.log` captured while patched logs natively once unpatched (kill switch)."""
+        stepsync.patch()
+        run = offline_run()
+        captured = run.log
+        stepsync.unpatch()
+        captured({"a": 1}, step=3)
+        captured({"b": 2}, step=1)  # natively dropped: proves the call was not routed
+        rows = user_rows(rows_of(run))
+        assert rows == [{"a": 1, "_step": 3}]
+
+
+class TestRouting:
+    def test_patch_after_init_repoints_wandb_log(self, offline_run):
+        """Patching after wandb.init re-binds wandb.log, so module-level calls are routed too."""
+        run = offline_run(reinit="finish_previous")  # "create_new" leaves wandb.log unbound
+        assert wandb.log.__self__ is run
+        stepsync.patch()
+        wandb.log({"late": 1}, step=5)
+        wandb.log({"early": 2}, step=2)  # natively dropped; stepsync keeps it
+        rows = user_rows(rows_of(run))
+        kept = sorted((r["stepsync/step"], k) for r in rows for k in r if k in ("early", "late"))
+        assert kept == [(2, "early"), (5, "late")]
+
+    def test_private_log_inside_scope_joins_the_scope_row(self, offline_run):
+        """wandb.watch-style `run._log(commit=False)` lands in the active scope's row, once."""
+        stepsync.patch()
+        run = offline_run()
+        for step in range(3):
+            with stepsync.step_scope(step):
+                run.log({"loss": float(step)})
+                run._log({"gradients/w": step * 10}, commit=False)
+        rows = user_rows(rows_of(run))
+        assert rows == [
+            {"loss": step, "gradients/w": step * 10, "stepsync/step": step, "_step": step}
+            for step in range(3)
+        ]
+        assert stepsync.get_manager(run).get_stats()["wandb_calls"] == 3
+
+    def test_commits_do_not_reenter_the_patch(self, offline_run):
+        """Each committed row is one wandb call: total_logs counts only the user's calls."""
+        stepsync.patch()
+        run = offline_run()
+        with stepsync.step_scope(0):
+            run.log({"a": 1})
+            run.log({"b": 2})
+        stats = stepsync.get_manager(run).get_stats()
+        assert (stats["total_logs"], stats["wandb_calls"], stats["calls_saved"]) == (2, 1, 1)
+        assert not _wandb.GUARD.active
+
+    def test_finish_flushes_pending_data(self, offline_run):
+        """run.finish() commits what is still pending before wandb closes the run."""
+        stepsync.patch()
+        run = offline_run()
+        run.log({"a": 1}, step=0)
+        run.log({"b": 2}, step=1)
+        assert stepsync.get_manager(run).get_stats()["pending_steps"] == 2
+        run.finish()
+        assert [r["stepsync/step"] for r in rows_of(run)] == [0, 1]
+
+
+class TestChartAxis:
+    def test_each_key_is_declared_once_on_the_axis(self, offline_run):
+        """stepsync declares its axis and each new key once, explicitly, never as a glob."""
+        stepsync.patch()
+        run = offline_run()
+        for step in range(3):
+            with stepsync.step_scope(step):
+                run.log({"train/loss": 1.0, "eval/acc": 0.5})
+        metrics = records_of(run, "metric")
+        declared = {(m.metric.name, m.metric.step_metric) for m in metrics}
+        assert declared == {
+            ("stepsync/step", ""),
+            ("train/loss", "stepsync/step"),
+            ("eval/acc", "stepsync/step"),
+        }
+        assert len(metrics) == 3
+        assert not any(m.metric.glob_name for m in metrics)
+
+    def test_user_axes_are_left_alone(self, offline_run):
+        """A key the user gave an axis (by name or glob) is not re-declared by stepsync."""
+        stepsync.patch()
+        run = offline_run()
+        run.define_metric("train/global_step")
+        run.define_metric("train/*", step_metric="train/global_step")
+        run.define_metric("eval/acc", step_metric="train/global_step")
+        with stepsync.step_scope(0):
+            run.log({"train/loss": 1.0, "eval/acc": 0.5, "other": 1, "train/global_step": 0})
+        names = [m.metric.name for m in records_of(run, "metric") if m.metric.name]
+        assert "train/loss" not in names
+        assert names.count("eval/acc") == 1  # the user's own declaration only
+        assert "other" in names
