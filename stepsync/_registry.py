@@ -52,7 +52,7 @@ def register(manager: StepManager, run: Any) -> None:
     if not _exit_hook_registered:
         # atexit runs last-registered first: wandb registered its teardown at its first
         # wandb.init, before any manager exists, so this flush runs while wandb still accepts data.
-        atexit.register(flush_all)
+        atexit.register(_finalize_all)
         _exit_hook_registered = True
 
 
@@ -77,6 +77,11 @@ def flush_all() -> None:
     """Commit every pending value of every live manager (at exit and on ``unpatch()``)."""
     for manager in list(_managers):
         manager.flush()
+
+
+def _finalize_all() -> None:
+    for manager in list(_managers):
+        manager.finalize()
 
 
 def _after_fork_in_child() -> None:
