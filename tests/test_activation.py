@@ -454,9 +454,8 @@ WHERE = (
 )
 
 
-@pytest.mark.slow
 class TestInstalledPackage:
-    """Built and installed like a user would: a wheel, and `pip install -e`, in fresh venvs."""
+    """Installed as a user would: a built wheel, and `pip install -e`, each in a fresh venv."""
 
     @pytest.mark.parametrize("kind", ["wheel", "editable"])
     def test_unmodified_script_in_fresh_venv(self, tmp_path: Path, kind: str) -> None:
