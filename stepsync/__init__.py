@@ -1,12 +1,18 @@
 """stepsync: wandb logging that loses nothing when many parts of a training job log at once."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from stepsync._config import configure
 from stepsync._errors import LateStepError, NoActiveRunError
-from stepsync._manager import StepManager
-from stepsync._patch import is_patched, patch, unpatch
 from stepsync._producers import logs_metrics
 from stepsync._registry import get_manager
 from stepsync._scope import propagate, step_scope
+
+if TYPE_CHECKING:
+    from stepsync._manager import StepManager
+    from stepsync._patch import is_patched, patch, unpatch
 
 __version__ = "0.1.0"
 
@@ -23,3 +29,23 @@ __all__ = [
     "step_scope",
     "unpatch",
 ]
+
+# These need wandb (about a second to import): load them on first use, so `import stepsync`
+# and the CLI's `run`/`scan` stay fast.
+_LAZY = {
+    "StepManager": "stepsync._manager",
+    "is_patched": "stepsync._patch",
+    "patch": "stepsync._patch",
+    "unpatch": "stepsync._patch",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'stepsync' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
