@@ -415,6 +415,22 @@ class StepManager:
             elif not any(key.startswith(glob) for glob in self._user_globs):
                 _wandb.native_define_metric(run, key, step_metric=axis)
 
+    def _take_step(self, step: int) -> dict[str, Any]:
+        """Remove and merge the pending values of ``step`` (``stepsync.distributed`` reduces them
+        across ranks and logs the result back)."""
+        with self._lock:
+            entries = self._pending.pop(step, None)
+            if entries is None:
+                return {}
+            del self._touched[step]
+            self._heap.remove(step)
+            heapq.heapify(self._heap)
+            self._entries -= len(entries)
+            merged, collisions = merge(entries)
+            self._stats["key_conflicts"] += collisions
+            self._stats["calls_saved"] += len(entries)  # the reduced row is then the one call
+            return merged
+
     def _note_user_metric(self, name: str, step_metric: Any) -> None:
         """Record a ``define_metric`` of the user's, so stepsync leaves that key's axis alone."""
         if step_metric is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
@@ -72,6 +73,12 @@ def _log_result(result: Any, producer: tuple[str, int]) -> None:
     try:
         manager = get_manager()
     except NoActiveRunError:
+        # A rank without a run inside a synced scope still contributes to the step's row.
+        distributed = sys.modules.get("stepsync.distributed")
+        synced = distributed.current_synced_step() if distributed is not None else None
+        if synced is not None:
+            synced.log(result, source=producer[0], priority=producer[1])
+            return
         if not _warned_no_run:
             _warned_no_run = True
             logger.warning(

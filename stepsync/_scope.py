@@ -9,23 +9,40 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Literal, ParamSpec, TypeVar
 
 from stepsync import _registry
 from stepsync._context import ACTIVE_PRODUCER, ACTIVE_STEP
 from stepsync._validate import check_step
+
+if TYPE_CHECKING:
+    from stepsync.distributed import ReduceSpec
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 @contextmanager
-def step_scope(step: int) -> Iterator[int]:
+def step_scope(
+    step: int, *, sync: Literal["ranks"] | None = None, reduce: ReduceSpec = None
+) -> Iterator[int]:
     """Log everything in this block to logical ``step``; leaving it commits the step.
 
     Only the outermost scope of a step commits (nested scopes of the same step merge), and the
     commit also happens when the block raises, so what was logged before the error is kept.
+    ``sync="ranks"`` combines the step's values across torch.distributed ranks first (``reduce``:
+    see ``stepsync.distributed.synced_step_scope``).
     """
+    if sync is not None:
+        if sync != "ranks":
+            raise ValueError(f"stepsync: sync must be None or 'ranks', got {sync!r}")
+        from stepsync.distributed import synced_step_scope
+
+        with synced_step_scope(step, reduce=reduce) as synced:
+            yield synced.step
+        return
+    if reduce is not None:
+        raise ValueError("stepsync: reduce= needs sync='ranks'")
     step = check_step(step)
     outermost = ACTIVE_STEP.get() != step
     token = ACTIVE_STEP.set(step)

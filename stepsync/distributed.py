@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast, get_args
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
 from stepsync import get_manager, step_scope
 from stepsync._validate import check_data, check_priority, check_step
@@ -293,7 +293,7 @@ def _exchange(synced: SyncedStep, rules: _Rules, target: _Group | None) -> None:
     """Take this rank's values of the step, combine them across ranks, log the result on dst."""
     manager = synced._manager
     if manager is not None:
-        data = _take_step(manager, synced.step)
+        data = manager._take_step(synced.step)
     elif synced._entries:
         from stepsync._manager import merge  # the manager's own rule: priority, then order
 
@@ -306,31 +306,6 @@ def _exchange(synced: SyncedStep, rules: _Rules, target: _Group | None) -> None:
     if result and manager is not None:
         # Inside the still-open step_scope: the scope's exit commits it as the step's one row.
         manager.log(result, synced.step, source=_SOURCE, priority=0)
-
-
-def _take_step(manager: Any, step: int) -> dict[str, Any]:
-    """Remove the pending values of ``step`` from ``manager``, merged (empty if none)."""
-    take = getattr(manager, "_take_step", None)
-    if take is not None:
-        return cast("dict[str, Any]", take(step))
-    # TEMPORARY until StepManager._take_step exists (see the report to the lead): the same
-    # steps, on the manager's private state, under its lock.
-    import heapq
-
-    from stepsync._manager import merge
-
-    with manager._lock:
-        entries = manager._pending.pop(step, None)
-        if entries is None:
-            return {}
-        del manager._touched[step]
-        manager._heap.remove(step)
-        heapq.heapify(manager._heap)
-        manager._entries -= len(entries)
-        merged, collisions = merge(entries)
-        manager._stats["key_conflicts"] += collisions
-        manager._stats["calls_saved"] += len(entries)
-        return merged
 
 
 def _gather(

@@ -137,3 +137,29 @@ class TestArguments:
             assert isinstance(synced, SyncedStep)
             with pytest.raises(TypeError):
                 synced.log([("loss", 1.0)])  # type: ignore[arg-type]
+
+
+class TestStepScopeSync:
+    """``step_scope(step, sync="ranks")`` is the short form of ``synced_step_scope``."""
+
+    def test_sync_ranks_reduces_like_synced_step_scope(
+        self, offline_run: Callable[..., Any]
+    ) -> None:
+        """Rows written through step_scope(sync="ranks") carry the reduced keys, one per step."""
+        run = offline_run(reinit="finish_previous")  # synced scopes find the run as wandb.run
+        manager = stepsync.get_manager(run)
+        for step in range(2):
+            with stepsync.step_scope(step, sync="ranks", reduce={"acc": "rank"}) as active:
+                assert active == step
+                manager.log({"acc": 0.25, "loss": 1.0})
+        assert user_rows(rows_of(run)) == [
+            {"_step": step, "stepsync/step": step, "rank0/acc": 0.25, "loss": 1}
+            for step in range(2)
+        ]
+
+    def test_bad_sync_and_reduce_without_sync_are_refused(self) -> None:
+        """An unknown sync= value, or reduce= without sync, raises ValueError at the call."""
+        with pytest.raises(ValueError, match="sync"), stepsync.step_scope(0, sync="nodes"):  # type: ignore[arg-type]
+            pass
+        with pytest.raises(ValueError, match="reduce"), stepsync.step_scope(0, reduce="sum"):
+            pass
