@@ -310,10 +310,10 @@ class StepManager:
             self._current = step
             self._frontier = max(self._frontier, step)
 
-    def _scope_exited(self, step: int) -> None:
+    def _scope_exited(self, through: int) -> None:
         with self._lock:
-            if self._heap and self._heap[0] <= step:
-                self._commit_through(step)
+            if self._heap and self._heap[0] <= through:
+                self._commit_through(through)
 
     def _ensure_flusher(self) -> None:
         """Start the background thread that commits closed steps once they sit idle."""
@@ -341,7 +341,11 @@ class StepManager:
             deadline = time.monotonic() - self._flush_interval
             through = None
             for step in sorted(self._heap):
-                if step >= self._frontier or self._touched[step] > deadline:
+                if (
+                    step >= self._frontier
+                    or step in _registry.open_scopes
+                    or self._touched[step] > deadline
+                ):
                     break
                 through = step
             if through is not None:

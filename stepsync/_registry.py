@@ -19,6 +19,8 @@ ATTR = "_stepsync_manager"
 _lock = threading.Lock()
 _managers: weakref.WeakSet[StepManager] = weakref.WeakSet()
 _exit_hook_registered = False
+#: step -> how many scopes of it are open, in any thread or task (the timer leaves those alone).
+open_scopes: dict[int, int] = {}
 
 
 def get_manager(run: Any = None) -> StepManager:
@@ -63,14 +65,25 @@ def managers() -> list[StepManager]:
 
 def scope_entered(step: int) -> None:
     """A ``step_scope(step)`` opened: it is now every manager's current step."""
+    with _lock:
+        open_scopes[step] = open_scopes.get(step, 0) + 1
     for manager in list(_managers):
         manager._scope_entered(step)
 
 
 def scope_exited(step: int) -> None:
-    """The outermost ``step_scope(step)`` closed: commit it and every pending step below."""
+    """The outermost ``step_scope(step)`` closed: commit it and every pending step below.
+
+    While another thread or task is still inside a scope of ``step``, only the steps below it
+    are committed; the last scope of ``step`` to close commits it.
+    """
+    with _lock:
+        still_open = open_scopes.pop(step, 0) - 1
+        if still_open > 0:
+            open_scopes[step] = still_open
+    through = step - 1 if still_open > 0 else step
     for manager in list(_managers):
-        manager._scope_exited(step)
+        manager._scope_exited(through)
 
 
 def flush_all() -> None:
@@ -87,6 +100,7 @@ def _finalize_all() -> None:
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
+    open_scopes.clear()  # the scopes of the parent's other threads do not exist here
     for manager in list(_managers):
         manager._reset_after_fork()
 
