@@ -1,7 +1,8 @@
 """Interpreter start-up cost of ``stepsync-activate.pth``, which runs in every Python process.
 
-Builds the wheel, installs it with pip into two fresh venvs that differ only by the .pth (and a
-third whose .pth is the unguarded ``import _stepsync_boot``), then times ``python -c pass``
+Builds the wheel, installs it with pip into fresh venvs that differ only by the .pth (one with
+the shipped .pth, two without it as an A/A noise control, one whose .pth is the unguarded
+``import _stepsync_boot``), then times ``python -c pass``
 (and ``python -c "import wandb"``) in them, interleaved, order shuffled each repetition, and
 reports the ratios of the medians, of wall time and of CPU time. Goal: unset <= 1.02x.
 
@@ -54,22 +55,25 @@ def build_wheel(out: Path) -> Path:
     return wheel
 
 
-def make_venv(path: Path, wheel: Path, pth: str | None) -> Path:
-    """A fresh venv with the wheel installed; ``pth`` replaces the .pth's text (None: no .pth)."""
+def make_venv(path: Path, wheel: Path, pth: str | None, *, other_pth: bool = False) -> Path:
+    """A fresh venv with the wheel installed; ``pth`` replaces the .pth's text (None: no .pth).
+
+    ``other_pth`` adds another package's import-line .pth (``import sys``), as most real
+    environments have one (setuptools' ``distutils-precedence.pth``, virtualenv's
+    ``_virtualenv.pth``): the interpreter's first compile of source code is then paid already.
+    """
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
     python = path / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
     pip = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q"]
-    subprocess.run(
-        [*pip, str(wheel)],
-        check=True,
-        capture_output=True,
-    )
+    subprocess.run([*pip, str(wheel)], check=True, capture_output=True)
     code = "import site; print(site.getsitepackages()[0])"
     found = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True)
     own = Path(found.stdout.strip())
     # wandb and its dependencies from this environment (a plain path line runs none of their .pth).
     deps = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
     (own / "_bench_dependencies.pth").write_text("\n".join(deps) + "\n")
+    if other_pth:
+        (own / "_another_package.pth").write_text("import sys\n")
     if pth is None:
         (own / PTH_NAME).unlink()
     else:
@@ -127,62 +131,90 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="stepsync-bench-startup-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="startup-bench-") as tmp:
         base = Path(tmp)
         wheel = build_wheel(base / "dist")
         shipped = (ROOT / PTH_NAME).read_text()
-        with_pth = make_venv(base / "with-pth", wheel, shipped)
-        without = make_venv(base / "without-pth", wheel, None)
-        unguarded = make_venv(base / "unguarded", wheel, "import _stepsync_boot\n")
         on = clean_env({"STEPSYNC_ENABLED": "1"})
         off = clean_env()
-        startup = measure(
-            {
-                "without .pth": (without, off),
-                "installed, unset": (with_pth, off),
-                "installed, STEPSYNC_ENABLED=1": (with_pth, on),
-                "unguarded .pth, unset": (unguarded, off),
-            },
-            "pass",
-            args.repeat,
-        )
+        bare = make_venv(base / "bare", wheel, shipped)
+        bare_without = make_venv(base / "bare-without", wheel, None)
+        cases = {
+            "bare: without .pth": (bare_without, off),
+            "bare: without .pth, A/A copy": (make_venv(base / "aa", wheel, None), off),
+            "bare: installed, unset": (bare, off),
+            "bare: installed, enabled": (bare, on),
+            "bare: unguarded .pth, unset": (
+                make_venv(base / "unguarded", wheel, "import _stepsync_boot\n"),
+                off,
+            ),
+            "typical: without .pth": (
+                make_venv(base / "typical-without", wheel, None, other_pth=True),
+                off,
+            ),
+            "typical: installed, unset": (
+                make_venv(base / "typical", wheel, shipped, other_pth=True),
+                off,
+            ),
+        }
+        startup = measure(cases, "pass", args.repeat)
         wandb_import = measure(
-            {"import wandb, unset": (with_pth, off), "import wandb, enabled": (with_pth, on)},
+            {"import wandb, unset": (bare, off), "import wandb, enabled": (bare, on)},
             "import wandb",
             max(10, args.repeat // 15),
         )
 
-    everything = {**startup, **wandb_import}
+    compared = {
+        "bare venv, unset / without .pth (goal <= 1.02)": (
+            startup,
+            "bare: installed, unset",
+            "bare: without .pth",
+        ),
+        "A/A control, identical venvs (noise)": (
+            startup,
+            "bare: without .pth, A/A copy",
+            "bare: without .pth",
+        ),
+        "typical venv, unset / without .pth": (
+            startup,
+            "typical: installed, unset",
+            "typical: without .pth",
+        ),
+        "bare venv, enabled / without .pth": (
+            startup,
+            "bare: installed, enabled",
+            "bare: without .pth",
+        ),
+        "unguarded `import _stepsync_boot` .pth, unset": (
+            startup,
+            "bare: unguarded .pth, unset",
+            "bare: without .pth",
+        ),
+        "import wandb, enabled / unset": (
+            wandb_import,
+            "import wandb, enabled",
+            "import wandb, unset",
+        ),
+    }
     results = {
         "repeat": args.repeat,
         "median_ms": {
             name: {kind: round(statistics.median(t[kind]) * 1e3, 3) for kind in ("wall", "cpu")}
-            for name, t in everything.items()
+            for name, t in {**startup, **wandb_import}.items()
         },
-        "ratios": {
-            "unset / without .pth (goal <= 1.02)": ratios(
-                startup, "installed, unset", "without .pth"
-            ),
-            "enabled / without .pth": ratios(
-                startup, "installed, STEPSYNC_ENABLED=1", "without .pth"
-            ),
-            "unguarded .pth unset / without .pth": ratios(
-                startup, "unguarded .pth, unset", "without .pth"
-            ),
-            "import wandb: enabled / unset": ratios(
-                wandb_import, "import wandb, enabled", "import wandb, unset"
-            ),
-        },
+        "ratios": {label: ratios(t, a, b) for label, (t, a, b) in compared.items()},
     }
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"start-up, {args.repeat} repetitions (`-c pass`), medians:   wall ms    CPU ms")
+    print(f"python -c pass ({args.repeat} times each; import wandb fewer), medians:")
+    print(f"  {'':<46} {'wall ms':>9} {'CPU ms':>9}")
     for name, ms in results["median_ms"].items():
-        print(f"  {name:<36} {ms['wall']:9.2f} {ms['cpu']:9.2f}")
-    print("ratios of the medians:                               wall       CPU")
+        print(f"  {name:<46} {ms['wall']:9.2f} {ms['cpu']:9.2f}")
+    print("ratios of the medians (CPU time is the steadier one on a busy machine):")
+    print(f"  {'':<46} {'wall':>9} {'CPU':>9}")
     for name, value in results["ratios"].items():
-        print(f"  {name:<44} {value['wall']:6.3f}x {value['cpu']:6.3f}x")
+        print(f"  {name:<46} {value['wall']:8.3f}x {value['cpu']:8.3f}x")
 
 
 if __name__ == "__main__":
