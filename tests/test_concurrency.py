@@ -227,7 +227,9 @@ def run_fork_script(tmp_path: Path, mode: str) -> tuple[dict[str, Any], list[tup
     """Run the fork scenario; return the child's report and the (parent, child, axis) rows."""
     script = tmp_path / "fork_scenario.py"
     script.write_text(FORK_SCRIPT)
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    # Not WANDB_SERVICE: the child starts its own wandb-core instead of joining this process's.
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
+    env.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off"})
     proc = subprocess.run(
         [sys.executable, str(script), str(tmp_path), mode],
         capture_output=True,
