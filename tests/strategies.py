@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from _profiles import PROFILE
 from hypothesis import strategies as st
 
@@ -82,12 +80,3 @@ bad_steps = st.one_of(
 
 #: Integral but negative: ``ValueError``.
 negative_steps = st.integers(max_value=-1)
-
-
-def as_json(value: Any) -> Any:
-    """What wandb gives back for ``value`` after its JSON round trip (tuples become lists)."""
-    if isinstance(value, (tuple, list)):
-        return [as_json(item) for item in value]
-    if isinstance(value, dict):
-        return {key: as_json(item) for key, item in value.items()}
-    return value
