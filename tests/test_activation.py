@@ -467,6 +467,7 @@ WHERE = (
 )
 
 
+@pytest.mark.slow
 class TestInstalledPackage:
     """Installed as a user would: a built wheel, and `pip install -e`, each in a fresh venv."""
 
