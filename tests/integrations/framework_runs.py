@@ -5,12 +5,15 @@ Both runs start at once (two cores) and each is read back from its offline run f
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from stepsync.history import find_run_dirs, read_history
 
@@ -27,6 +30,15 @@ class Run:
     rows: list[dict[str, Any]]
     drop_warnings: int
     output: str
+
+
+def requires(*modules: str) -> pytest.MarkDecorator:
+    """Skip a test module when a framework is not installed (CI installs them all).
+
+    Checked with ``find_spec``, without importing the framework, so collection stays fast.
+    """
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    return pytest.mark.skipif(bool(missing), reason=f"not installed: {', '.join(missing)}")
 
 
 def scenario_env(out: Path, *, enabled: bool) -> dict[str, str]:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-pytest.importorskip("accelerate")
-pytest.importorskip("torch")
-
 from accelerate_scenario import EPOCHS, STEPS_PER_EPOCH
-from framework_runs import Run, run_native_and_synced, values_of
+from framework_runs import Run, requires, run_native_and_synced, values_of
+
+pytestmark = requires("accelerate", "torch")
 
 ALL_STEPS = list(range(EPOCHS * STEPS_PER_EPOCH))
 

@@ -6,12 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("transformers")
-pytest.importorskip("torch")
-
-from framework_runs import Run, read_run, run_native_and_synced, values_of
+from framework_runs import Run, read_run, requires, run_native_and_synced, values_of
 from hf_scenario import EVAL_EVERY, STEPS, USER_KEY
+
+pytestmark = requires("transformers", "torch")
 
 ALL_STEPS = list(range(1, STEPS + 1))
 EVAL_STEPS = list(range(EVAL_EVERY, STEPS + 1, EVAL_EVERY))

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-pytest.importorskip("lightning")
-pytest.importorskip("torch")
-
-from framework_runs import Run, run_native_and_synced, values_of
+from framework_runs import Run, requires, run_native_and_synced, values_of
 from lightning_scenario import STEPS, USER_KEY, VAL_EVERY
+
+pytestmark = requires("lightning", "torch")
 
 ALL_STEPS = list(range(STEPS))  # Lightning's global_step counts from 0 in training_step
 VAL_STEPS = list(range(VAL_EVERY - 1, STEPS, VAL_EVERY))  # validation after every 5th batch

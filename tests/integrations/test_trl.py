@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
-pytest.importorskip("trl")
-pytest.importorskip("torch")
-
-from framework_runs import Run, run_native_and_synced, values_of
+from framework_runs import Run, requires, run_native_and_synced, values_of
 from trl_scenario import STEPS, USER_KEY
+
+pytestmark = requires("trl", "torch")
 
 ALL_STEPS = list(range(1, STEPS + 1))
 
