@@ -117,14 +117,17 @@ class _PostImportHook:
     def __init__(self) -> None:
         self.pending = set(HOOKED_MODULES)
         self.running: set[str] = set()
+        self.searching: set[str] = set()  # re-entrancy guard while asking the other finders
 
     def find_spec(
         self, fullname: str, path: "object" = None, target: "object" = None
     ) -> "ModuleSpec | None":
         """Return the next finder's spec for a hooked module, its loader hooked; else None."""
-        if fullname not in self.pending:
+        if fullname not in self.pending or fullname in self.searching:
             return None
-        self.pending.discard(fullname)
+        # `importlib.util.find_spec("wandb")` (transformers' and accelerate's availability
+        # checks) also lands here without importing: stay pending until exec_module runs.
+        self.searching.add(fullname)
         try:
             spec = None
             for finder in sys.meta_path:
@@ -135,8 +138,7 @@ class _PostImportHook:
                 if spec is not None:
                     break
             if spec is None:
-                self.pending.add(fullname)  # not installed (yet): a later sys.path may find it
-                return None
+                return None  # not installed (yet): a later sys.path may find it
             loader = spec.loader
             original = getattr(loader, "exec_module", None)
             if loader is not None and original is not None:
@@ -144,6 +146,8 @@ class _PostImportHook:
         except Exception as exc:
             _report_failure(exc)
             return None
+        finally:
+            self.searching.discard(fullname)
         return spec  # type: ignore[no-any-return]
 
     def _hooked(
@@ -152,6 +156,7 @@ class _PostImportHook:
         """Build the replacement ``exec_module``: run the module's own, restore it, then patch."""
 
         def exec_module(module: "ModuleType") -> None:
+            self.pending.discard(name)
             self.running.add(name)
             try:
                 original(module)

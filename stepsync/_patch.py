@@ -9,6 +9,7 @@ re-enters the patch, and the ``_log`` wrapper only routes calls that did not com
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -117,6 +118,7 @@ def unpatch() -> None:
         _saved.clear()
         _patched = False
         _repoint_module_functions()
+    _unregister_integrations()
 
 
 def is_patched() -> bool:
@@ -138,11 +140,21 @@ def _repoint_module_functions() -> None:
 
 
 def _register_integrations() -> None:
-    try:
-        from stepsync import integrations
-    except ImportError:
-        return
+    """Make the frameworks' own step (Trainer, Lightning) the current step, on their import."""
+    from stepsync import integrations
+
     try:
         integrations.register_hooks()
     except Exception:
         logger.exception("stepsync: could not register framework integrations")
+
+
+def _unregister_integrations() -> None:
+    """Put the frameworks' own functions back, as ``unpatch()`` does for wandb's."""
+    integrations = sys.modules.get("stepsync.integrations")
+    if integrations is None:
+        return
+    try:
+        integrations.unregister_hooks()
+    except Exception:
+        logger.exception("stepsync: could not remove framework integrations")

@@ -266,6 +266,17 @@ class TestEnvironmentValues:
         assert_at_true_step(patched.rows, "callback/step", range(8))
 
 
+class TestAvailabilityChecks:
+    """Frameworks probe for wandb with importlib.util.find_spec before importing it."""
+
+    def test_find_spec_before_import_still_patches(self, tmp_path: Path) -> None:
+        """`find_spec("wandb")` then `import wandb` (transformers, accelerate) is still patched."""
+        probe = "import importlib.util; importlib.util.find_spec('wandb'); " + PROBE
+        result = Launch(["-c", probe], tmp_path, ON).outcome()
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout.strip().splitlines()[-1]) is True
+
+
 class TestHookNeverBreaksImport:
     """A failing stepsync must not break `import wandb`: one stderr line, wandb works natively."""
 
