@@ -238,6 +238,18 @@ class TestCommits:
         ]
         assert manager.get_stats()["late_logs"] == 1
 
+    def test_native_rows_logged_beside_the_manager_are_respected(self, offline_run):
+        """Rows logged natively beside a manager push its native step past them: none dropped."""
+        run = offline_run()
+        manager = StepManager(run, flush_interval=QUIET)
+        manager.log({"a": 0}, step=0)  # pending in the manager
+        run.log({"native": 1})  # wandb rows 0 and 1, written around stepsync
+        run.log({"native": 2})
+        manager.flush()
+        got = rows(run)
+        assert [(r.get(AXIS), r["_step"]) for r in got] == [(None, 0), (None, 1), (0, 2)]
+        assert got[-1]["a"] == 0
+
     def test_callback_one_step_behind_merges_with_no_late_row(self, offline_run):
         """Explicit-step data outside scopes waits in the buffer, so a lagging callback merges."""
         run = offline_run()
