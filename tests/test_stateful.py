@@ -69,6 +69,7 @@ class Model:
         self.late_next: list[Entry] = []
         self.rows: list[dict[str, Any]] = []
         self.stats: Counter[str] = Counter()
+        self.open_scopes: Counter[int] = Counter()
         self.finished = False
 
     # ----------------------------------------------------------------- calls
@@ -136,13 +137,20 @@ class Model:
 
     def enter_scope(self, step: int) -> None:
         """Entering the outermost scope of a step makes it the current step."""
+        self.open_scopes[step] += 1
         self.current = step
         self.frontier = max(self.frontier, step)
 
     def exit_scope(self, step: int) -> None:
-        """Leaving the outermost scope of s commits s and every pending step below it."""
-        if self.pending and min(self.pending) <= step:
-            self.commit_through(step)
+        """Leaving the outermost scope of s commits s and every pending step below it.
+
+        While another scope of s is still open (here: an s-t-s nesting), only the steps below s
+        are committed; the last scope of s to close commits s.
+        """
+        self.open_scopes[step] -= 1
+        through = step - 1 if self.open_scopes[step] else step
+        if self.pending and min(self.pending) <= through:
+            self.commit_through(through)
 
     def flush(self) -> None:
         """flush()/finalize()/finish(): everything pending is committed, open steps too."""
