@@ -1,0 +1,269 @@
+"""Benchmark: the 4-source x 3-key logging loop through stepsync against plain wandb.
+
+Run: ``python tests/benchmarks/bench_core.py`` (``--quick`` for a smoke run). Prints
+B1  (stepsync loop, real wandb) / (the same loop as 4 native ``run.log(step=...)`` calls),
+B1b (stepsync loop, real wandb) / (one hand-merged native ``run.log`` call per step),
+B2  stepsync's own cost per routed call (rows go to a discarding sink) / one native call.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from _harness import (
+    SOURCES,
+    Report,
+    discarding_sink,
+    finish_runs,
+    interleave,
+    median_ratio,
+    median_wall,
+    new_run,
+    nothing,
+    parse_args,
+    row,
+    us,
+)
+
+import stepsync
+from stepsync import logs_metrics, step_scope
+
+CALLS_PER_STEP = len(SOURCES)
+
+
+class Steps:
+    """Hands out fresh, increasing step ranges, so no repetition logs to an old step."""
+
+    def __init__(self) -> None:
+        self.next = 0
+
+    def take(self, count: int) -> range:
+        start = self.next
+        self.next += count
+        return range(start, start + count)
+
+
+def native_four_calls(run: Any, steps: int) -> Callable[[], None]:
+    """Plain wandb: each of the 4 sources calls ``run.log(values, step=step)``."""
+    counter = Steps()
+
+    def loop() -> None:
+        log = run.log
+
+        def source(keys: tuple[str, str, str]) -> Callable[[int, float], None]:
+            def produce(step: int, x: float) -> None:
+                log(row(keys, x), step=step)
+
+            return produce
+
+        sources = [source(keys) for _, keys in SOURCES]
+        for step in counter.take(steps):
+            x = float(step)
+            for produce in sources:
+                produce(step, x)
+
+    return loop
+
+
+def native_merged(run: Any, steps: int) -> Callable[[], None]:
+    """Plain wandb, merged by hand: the 4 sources' values in one ``run.log`` call per step."""
+    counter = Steps()
+
+    def loop() -> None:
+        log = run.log
+        for step in counter.take(steps):
+            x = float(step)
+            merged: dict[str, float] = {}
+            for _, keys in SOURCES:
+                merged.update(row(keys, x))
+            log(merged, step=step)
+
+    return loop
+
+
+def stepsync_loop(run: Any, steps: int, *, producers: bool = True) -> Callable[[], None]:
+    """stepsync: one ``step_scope`` per step, 4 ``@logs_metrics`` sources calling ``run.log``."""
+    counter = Steps()
+
+    def loop() -> None:
+        log = run.log  # the patched Run.log
+
+        def source(name: str, priority: int, keys: tuple[str, str, str]) -> Callable[..., None]:
+            def produce(x: float) -> None:
+                log(row(keys, x))
+
+            return logs_metrics(name, priority)(produce) if producers else produce
+
+        sources = [source(name, i, keys) for i, (name, keys) in enumerate(SOURCES)]
+        for step in counter.take(steps):
+            with step_scope(step):
+                x = float(step)
+                for produce in sources:
+                    produce(x)
+
+    return loop
+
+
+def bare_loop(steps: int) -> Callable[[], None]:
+    """The user's own share of the loop (building the dicts, calling the sources), no logging."""
+
+    def loop() -> None:
+        def log(data: dict[str, float]) -> None:
+            return None
+
+        def source(keys: tuple[str, str, str]) -> Callable[[float], None]:
+            def produce(x: float) -> None:
+                log(row(keys, x))
+
+            return produce
+
+        sources = [source(keys) for _, keys in SOURCES]
+        for step in range(steps):
+            x = float(step)
+            for produce in sources:
+                produce(x)
+
+    return loop
+
+
+def empty_scopes(steps: int) -> Callable[[], None]:
+    """Only the scopes: enter and leave ``step_scope`` once per step, nothing logged."""
+    counter = Steps()
+    counter.next = 10**9  # far above any step the routed loops use
+
+    def loop() -> None:
+        for step in counter.take(steps):
+            with step_scope(step):
+                pass
+
+    return loop
+
+
+def measure_core(args: Any, report: Report) -> dict[str, float]:
+    """B1, B1b (real wandb) and B2 (discarding sink); returns the absolute numbers."""
+    steps = 10 if args.quick else 150
+    sink_steps = 50 if args.quick else 2000
+    native_run, merged_run = new_run("native"), new_run("merged")
+    stepsync_run, sink_run = new_run("stepsync"), new_run("sink")
+
+    times = interleave(
+        {
+            "native4": (stepsync.unpatch, native_four_calls(native_run, steps)),
+            "merged": (stepsync.unpatch, native_merged(merged_run, steps)),
+            "stepsync": (stepsync.patch, stepsync_loop(stepsync_run, steps)),
+        },
+        args.reps,
+    )
+    stats = stepsync.get_manager(stepsync_run).get_stats()
+    assert stats["wandb_calls"] == steps * (args.reps + 1), stats  # one row per step
+    native_step = median_wall(times["native4"]) / steps
+    merged_step = median_wall(times["merged"]) / steps
+    stepsync_step = median_wall(times["stepsync"]) / steps
+    native_call = native_step / CALLS_PER_STEP
+    for name, bottom, goal, what in (
+        ("B1", "native4", 0.36, "4 native calls"),
+        ("B1b", "merged", 1.05, "1 hand-merged native call"),
+    ):
+        report.ratio(
+            name,
+            median_ratio(times["stepsync"], times[bottom]),
+            goal,
+            f"per step: stepsync {us(stepsync_step)}, {what} "
+            f"{us(median_wall(times[bottom]) / steps)}; CPU-time ratio "
+            f"{median_ratio(times['stepsync'], times[bottom], cpu=True):.3f}",
+        )
+
+    stepsync.patch()
+    with discarding_sink() as sink:
+        times = interleave(
+            {
+                "routed": (nothing, stepsync_loop(sink_run, sink_steps, producers=False)),
+                "producers": (nothing, stepsync_loop(sink_run, sink_steps)),
+                "scopes": (nothing, empty_scopes(sink_steps)),
+                "bare": (nothing, bare_loop(sink_steps)),
+            },
+            args.reps,
+        )
+    assert sink.rows == 2 * sink_steps * (args.reps + 1), sink  # every commit went there
+    calls = sink_steps * CALLS_PER_STEP
+
+    def per_call(name: str) -> float:
+        """Median over repetitions of (case - bare loop) per call: stepsync's share only."""
+        pairs = zip(times[name], times["bare"], strict=True)
+        return statistics.median((t.wall - b.wall) / calls for t, b in pairs)
+
+    routed, producers = per_call("routed"), per_call("producers")
+    scope = median_wall(times["scopes"]) / sink_steps
+    report.ratio(
+        "B2",
+        routed / native_call,
+        0.01,
+        f"stepsync {us(routed)} per routed run.log call (its step_scope and commit amortized, "
+        f"{CALLS_PER_STEP} calls/step) vs {us(native_call)} per native run.log call",
+    )
+    report.ratio(
+        "B2p",
+        producers / native_call,
+        None,
+        f"the same with each call made from a @logs_metrics source: {us(producers)} per call",
+    )
+    report.note(
+        "B2 sink: stepsync._wandb.native_log/native_define_metric replaced by a counting no-op "
+        "inside this benchmark only; the loop's own cost "
+        f"({us(median_wall(times['bare']) / calls)} per call) subtracted"
+    )
+    report.note(
+        f"B2 breakdown: empty step_scope {us(scope)} per step; routed call + commit share "
+        f"{us(routed - scope / CALLS_PER_STEP)}; @logs_metrics {us(producers - routed)} per call"
+    )
+    return {
+        "native_call_s": native_call,
+        "native_step_s": native_step,
+        "merged_step_s": merged_step,
+        "stepsync_step_s": stepsync_step,
+        "routed_call_s": routed,
+    }
+
+
+def profile_hot_path(steps: int) -> None:
+    """Profile the routed loop (discarding sink): pyinstrument when installed, else cProfile."""
+    run = new_run("profile")
+    stepsync.patch()
+    loop = stepsync_loop(run, steps)
+    with discarding_sink():
+        loop()  # warm up: declare keys, start the flusher
+        try:
+            from pyinstrument import Profiler
+        except ImportError:
+            import cProfile
+            import pstats
+
+            profiler = cProfile.Profile()
+            profiler.runcall(loop)
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+            return
+        sampler = Profiler(interval=0.0001)
+        sampler.start()
+        loop()
+        sampler.stop()
+    print(sampler.output_text(unicode=False, color=False, show_all=True))
+
+
+def main() -> int:
+    args = parse_args(__doc__.splitlines()[0] if __doc__ else "")
+    report = Report("stepsync core benchmark (issue 2, item 6)")
+    report.header(args)
+    try:
+        measure_core(args, report)
+        if args.profile:
+            profile_hot_path(200 if args.quick else 20000)
+    finally:
+        finish_runs()
+    return report.finish(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
