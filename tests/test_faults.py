@@ -239,7 +239,13 @@ def run_until_sigterm(tmp_path: Path, mode: str) -> tuple[int, dict[str, Any]]:
     )
     try:
         assert proc.stdout is not None
-        report = json.loads(proc.stdout.readline())
+        line = proc.stdout.readline()
+        if not line:  # the script died before its data was pending
+            proc.wait(TIMEOUT)
+            pytest.fail(
+                f"training script exited early: {proc.stderr.read() if proc.stderr else ''}"
+            )
+        report = json.loads(line)
         proc.send_signal(signal.SIGTERM)
         returncode = proc.wait(TIMEOUT)
     finally:
