@@ -11,17 +11,16 @@ import pytest
 import wandb
 from _wandb_helpers import finish_run
 
-# Set by wandb itself so that child processes reach the running wandb-core; not user settings.
-_WANDB_OWN_VARIABLES = frozenset({"WANDB_SERVICE"})
-
 
 @pytest.fixture(autouse=True)
 def isolated_wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run wandb offline and quiet, in tmp folders, with no STEPSYNC_/WANDB_ variable leaking in."""
+    # WANDB_SERVICE included: wandb sets it when this process starts its wandb-core, and a script
+    # run in a subprocess would then join that service (its run never finishing at its exit)
+    # instead of starting its own. wandb keeps its in-process connection without the variable.
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)  # a first wandb.init sets it: undone
     for name in list(os.environ):
-        if name.startswith("STEPSYNC_") or (
-            name.startswith("WANDB_") and name not in _WANDB_OWN_VARIABLES
-        ):
+        if name.startswith(("STEPSYNC_", "WANDB_")):
             monkeypatch.delenv(name)
     home = tmp_path / "wandb-home"
     monkeypatch.setenv("WANDB_MODE", "offline")
