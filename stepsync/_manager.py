@@ -79,8 +79,8 @@ class StepManager:
         self._late: LatePolicy = check_option("late", late)
         self._axis_key: str = check_option("axis_key", axis_key)
         self._run = run
-        # A disabled run (wandb.init(mode="disabled")) is not a Run: logging to it is a no-op.
-        self._noop = not isinstance(run, _wandb.Run)
+        # wandb.init(mode="disabled") gives a run that keeps nothing: logging to it is a no-op.
+        self._noop = _wandb.is_disabled(run)
         self._shared = _wandb.is_shared(run)
         self._lock = threading.RLock()
         self._reset_state()

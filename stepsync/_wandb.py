@@ -67,6 +67,16 @@ def is_finished(run: Any) -> bool:
     return bool(getattr(run, "_is_finished", False))
 
 
+def is_disabled(run: Any) -> bool:
+    """True for the no-op run of ``wandb.init(mode="disabled")`` (a ``Run`` that keeps nothing)."""
+    if not isinstance(run, Run):
+        return True
+    try:
+        return bool(run.settings._noop)
+    except Exception:
+        return False
+
+
 def is_shared(run: Any) -> bool:
     """True for a run in ``mode="shared"``, where wandb ignores ``step``."""
     try:
