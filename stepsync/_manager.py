@@ -35,18 +35,41 @@ _by_priority = itemgetter(0)
 def merge(entries: list[Entry]) -> tuple[dict[str, Any], int]:
     """Merge one step's entries: lowest priority number wins, then the later write.
 
-    Returns the merged dict and the number of key collisions.
+    Nested dicts are merged key by key, as wandb merges them within a step. Returns the merged
+    dict and the number of key collisions.
     """
     if len(entries) == 1:
         return entries[0][1], 0  # already a private copy
     merged: dict[str, Any] = {}
     written = 0
+    for _, data in entries:
+        merged.update(data)
+        written += len(data)
+    if written == len(merged):
+        return merged, 0  # no key written twice: order does not matter
+    merged = {}
+    collisions = 0
     # A stable sort, highest number first: updates from more important sources come last and
     # win; within one priority the original (arrival) order is kept, so the later write wins.
     for _, data in sorted(entries, key=_by_priority, reverse=True):
-        merged.update(data)
-        written += len(data)
-    return merged, written - len(merged)
+        collisions += _merge_into(merged, data)
+    return merged, collisions
+
+
+def _merge_into(target: dict[str, Any], data: Mapping[str, Any]) -> int:
+    """Write ``data`` over ``target`` (nested dicts key by key); return the keys overwritten."""
+    collisions = 0
+    for key, value in data.items():
+        if key in target:
+            old = target[key]
+            if isinstance(old, dict) and isinstance(value, dict):
+                nested = dict(old)  # the user's own dict stays untouched
+                collisions += _merge_into(nested, value)
+                target[key] = nested
+                continue
+            collisions += 1
+        target[key] = value
+    return collisions
 
 
 class StepManager:
@@ -444,6 +467,17 @@ class StepManager:
                 self._user_globs.append(name[:-1])
             else:
                 self._user_axes[name] = str(step_metric)
+
+    def _flush_before_fork(self) -> None:
+        """Commit what is pending, unless another thread is inside the manager right now."""
+        if not self._pending or not self._lock.acquire(blocking=False):
+            return
+        try:
+            self.flush()
+        except Exception:  # a fork must never fail because of logging bookkeeping
+            logger.exception("stepsync: could not flush before fork")
+        finally:
+            self._lock.release()
 
     def _reset_after_fork(self) -> None:
         """In a fork child: a fresh lock and no pending data (the parent owns it)."""

@@ -97,6 +97,13 @@ def _finalize_all() -> None:
         manager.finalize()
 
 
+def _before_fork() -> None:
+    # A fork child may log to the same run: its rows would push wandb's step past the steps
+    # this process still buffers, and wandb would drop those. Commit them first.
+    for manager in list(_managers):
+        manager._flush_before_fork()
+
+
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
@@ -105,4 +112,4 @@ def _after_fork_in_child() -> None:
         manager._reset_after_fork()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

@@ -21,7 +21,11 @@ def check_step(step: object, name: str = "step") -> int:
     """Return ``step`` as an ``int``; integers and integer scalars (numpy, torch) only."""
     if type(step) is int:
         value = step
-    elif isinstance(step, (bool, float)) or not hasattr(step, "__index__"):
+    elif (
+        isinstance(step, (bool, float))
+        or not hasattr(step, "__index__")
+        or str(getattr(step, "dtype", "")) in ("bool", "torch.bool")  # torch.tensor(True)
+    ):
         raise TypeError(f"stepsync: {name} must be an integer, not {type(step).__name__}")
     else:
         value = operator.index(step)

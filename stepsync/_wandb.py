@@ -50,7 +50,9 @@ def native_define_metric(run: Any, name: str, step_metric: str | None = None) ->
 
 def next_native_step(run: Any) -> int:
     """The step of the run's next row, as wandb's Python side knows it (no round trip)."""
-    step = getattr(run, "_local_step", 0)
+    step = getattr(run, "_local_step", None)
+    if step is None:  # wandb < 0.27.2 kept it as `_step`
+        step = getattr(run, "_step", 0)
     return step if type(step) is int else 0
 
 
@@ -73,8 +75,8 @@ def is_disabled(run: Any) -> bool:
         return True
     try:
         return bool(run.settings._noop)
-    except Exception:
-        return False
+    except Exception:  # wandb < 0.27.1: a plain Run with `disabled` set
+        return bool(getattr(run, "disabled", False))
 
 
 def is_shared(run: Any) -> bool:

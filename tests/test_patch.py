@@ -105,7 +105,8 @@ class TestChartAxis:
         for step in range(3):
             with stepsync.step_scope(step):
                 run.log({"train/loss": 1.0, "eval/acc": 0.5})
-        metrics = records_of(run, "metric")
+        # Older wandb versions also write the records they expand from globs themselves.
+        metrics = [m for m in records_of(run, "metric") if not m.metric.expanded_from_glob]
         declared = {(m.metric.name, m.metric.step_metric) for m in metrics}
         assert declared == {
             ("stepsync/step", ""),
@@ -124,7 +125,11 @@ class TestChartAxis:
         run.define_metric("eval/acc", step_metric="train/global_step")
         with stepsync.step_scope(0):
             run.log({"train/loss": 1.0, "eval/acc": 0.5, "other": 1, "train/global_step": 0})
-        names = [m.metric.name for m in records_of(run, "metric") if m.metric.name]
+        names = [
+            m.metric.name
+            for m in records_of(run, "metric")
+            if m.metric.name and not m.metric.expanded_from_glob
+        ]
         assert "train/loss" not in names
         assert names.count("eval/acc") == 1  # the user's own declaration only
         assert "other" in names
