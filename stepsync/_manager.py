@@ -114,7 +114,7 @@ class StepManager:
         self._user_axes: dict[str, str] = {}
         self._user_globs: list[str] = []
         if not self._noop:
-            _wandb.add_finish_hook(run, self.finalize)
+            _wandb.add_finish_hook(run, self._on_run_finish)
         _registry.register(self, run)
 
     def _reset_state(self) -> None:
@@ -229,6 +229,11 @@ class StepManager:
                 steps[0],
                 steps[1],
             )
+
+    def _on_run_finish(self) -> None:
+        """``run.finish()`` began: commit everything, then leave the scope notifications."""
+        self.finalize()
+        _registry.unregister(self)
 
     def get_stats(self) -> dict[str, int]:
         """Counters since the manager was created (see README, "Statistics")."""
@@ -428,6 +433,8 @@ class StepManager:
     def _declare(self, row: Mapping[str, Any]) -> None:
         """Put each new key on the logical-step axis, unless the user gave it an axis."""
         declared = self._declared
+        if declared.issuperset(row):  # every key seen before: the usual case, checked in C
+            return
         new = [key for key in row if key not in declared]
         if not new:
             return

@@ -47,10 +47,13 @@ def _route(
     global _warned_fallback
     if not _patched or _wandb.GUARD.active or instance is None:
         return _wandb.call_native(wrapped, *args, **kwargs)
-    try:
-        data, step, commit = _log_args(*args, **kwargs)
-    except TypeError:  # a call wandb itself would reject: let wandb say so
-        return _wandb.call_native(wrapped, *args, **kwargs)
+    if not kwargs and len(args) == 1:  # run.log(data), the usual call
+        data, step, commit = args[0], None, None
+    else:
+        try:
+            data, step, commit = _log_args(*args, **kwargs)
+        except TypeError:  # a call wandb itself would reject: let wandb say so
+            return _wandb.call_native(wrapped, *args, **kwargs)
     manager = instance.__dict__.get(_registry.ATTR)
     if manager is None:
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Literal, ParamSpec, TypeVar
 
 from stepsync import _registry
@@ -22,10 +22,9 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-@contextmanager
 def step_scope(
     step: int, *, sync: Literal["ranks"] | None = None, reduce: ReduceSpec = None
-) -> Iterator[int]:
+) -> AbstractContextManager[int]:
     """Log everything in this block to logical ``step``; leaving it commits the step.
 
     Only the outermost scope of a step commits (nested scopes of the same step merge), and the
@@ -36,24 +35,40 @@ def step_scope(
     if sync is not None:
         if sync != "ranks":
             raise ValueError(f"stepsync: sync must be None or 'ranks', got {sync!r}")
-        from stepsync.distributed import synced_step_scope
-
-        with synced_step_scope(step, reduce=reduce) as synced:
-            yield synced.step
-        return
+        return _synced_scope(step, reduce)
     if reduce is not None:
         raise ValueError("stepsync: reduce= needs sync='ranks'")
-    step = check_step(step)
-    outermost = ACTIVE_STEP.get() != step
-    token = ACTIVE_STEP.set(step)
-    if outermost:
-        _registry.scope_entered(step)
-    try:
-        yield step
-    finally:
-        ACTIVE_STEP.reset(token)
-        if outermost:
-            _registry.scope_exited(step)
+    return _StepScope(check_step(step))
+
+
+class _StepScope:
+    """The context manager of ``step_scope``: a small class, as it runs once per training step."""
+
+    __slots__ = ("_outermost", "_step", "_token")
+
+    def __init__(self, step: int) -> None:
+        self._step = step
+
+    def __enter__(self) -> int:
+        step = self._step
+        self._outermost = ACTIVE_STEP.get() != step
+        self._token = ACTIVE_STEP.set(step)
+        if self._outermost:
+            _registry.scope_entered(step)
+        return step
+
+    def __exit__(self, *exc_info: object) -> None:
+        ACTIVE_STEP.reset(self._token)
+        if self._outermost:
+            _registry.scope_exited(self._step)
+
+
+@contextmanager
+def _synced_scope(step: int, reduce: ReduceSpec) -> Iterator[int]:
+    from stepsync.distributed import synced_step_scope
+
+    with synced_step_scope(step, reduce=reduce) as synced:
+        yield synced.step
 
 
 def propagate(fn: Callable[P, R]) -> Callable[P, R]:

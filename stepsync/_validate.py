@@ -9,7 +9,7 @@ from typing import Any
 
 def check_data(data: object) -> Mapping[str, Any]:
     """Return ``data`` if it is a mapping with string keys, else raise ``TypeError``."""
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):  # ABC check only if needed
         raise TypeError(f"stepsync: log data must be a mapping, not {type(data).__name__}")
     for key in data:
         if type(key) is not str and not isinstance(key, str):
