@@ -125,6 +125,9 @@ class StepManager:
         self._entries = 0
         self._late_next: list[Entry] = []
         self._current: int | None = None
+        # Orders update_step against scope entries (_registry.sequence); scopes entered before
+        # this manager existed belong to earlier runs.
+        self._current_seq = next(_registry.sequence)
         self._frontier = -1
         self._flusher: threading.Thread | None = None
         self._wake = threading.Event()
@@ -133,7 +136,6 @@ class StepManager:
                 "total_logs",
                 "dropped_logs",
                 "step_conflicts",
-                "successful_flushes",
                 "late_logs",
                 "key_conflicts",
                 "step_jumps",
@@ -157,6 +159,13 @@ class StepManager:
     @property
     def current_step(self) -> int | None:
         """The step that step-less calls outside scopes go to (``update_step`` / last scope)."""
+        return self._current_step()
+
+    def _current_step(self) -> int | None:
+        """The later of the last ``update_step`` and the last scope entered."""
+        scope = _registry.last_scope
+        if scope is not None and scope[0] > self._current_seq:
+            return scope[1]
         return self._current
 
     @property
@@ -196,6 +205,7 @@ class StepManager:
         step = check_step(step)
         with self._lock:
             self._current = step
+            self._current_seq = next(_registry.sequence)
             self._frontier = max(self._frontier, step)
             self._ensure_flusher()
         if source is not None and logger.isEnabledFor(logging.DEBUG):
@@ -239,6 +249,7 @@ class StepManager:
         """Counters since the manager was created (see README, "Statistics")."""
         with self._lock:
             stats = dict(self._stats)
+            stats["successful_flushes"] = stats["wandb_calls"]  # the seed tool's name for it
             stats["pending_steps"] = len(self._pending) + (1 if self._late_next else 0)
             stats["pending_entries"] = self._entries + len(self._late_next)
         return stats
@@ -259,7 +270,7 @@ class StepManager:
             step = check_step(step)
         if self._noop:
             return
-        if _wandb.is_finished(self._run):
+        if getattr(self._run, "_is_finished", False):  # wandb refuses log() after finish()
             raise _run_finished_error(self._run)
         entry: Entry = (priority, dict(data))
         scope_step = ACTIVE_STEP.get()
@@ -271,8 +282,8 @@ class StepManager:
                 target, close = scope_step, False
             elif step is not None:
                 target, close = step, False
-            elif self._current is not None:
-                target, close = self._current, False
+            elif (current := self._current_step()) is not None:
+                target, close = current, False
             else:
                 # wandb's own auto-increment: the highest open step, else the next one; a
                 # commit (None/True) closes it, as plain wandb would.
@@ -334,14 +345,21 @@ class StepManager:
     # ----------------------------------------------------------- scope and timer
 
     def _scope_entered(self, step: int) -> None:
-        with self._lock:
-            self._current = step
-            self._frontier = max(self._frontier, step)
+        # Without the lock (once per step, for every manager): an int compared and stored. A race
+        # with another thread's update can only leave the frontier lower, so a closed step waits
+        # a little longer for its commit; nothing is lost or reordered.
+        if step > self._frontier:
+            self._frontier = step
 
     def _scope_exited(self, through: int) -> None:
-        with self._lock:
-            if self._heap and self._heap[0] <= through:
-                self._commit_through(through)
+        try:
+            lowest = self._heap[0]  # a peek without the lock: an empty scope costs no lock
+        except IndexError:
+            return
+        if lowest <= through:
+            with self._lock:
+                if self._heap and self._heap[0] <= through:
+                    self._commit_through(through)
 
     def _ensure_flusher(self) -> None:
         """Start the background thread that commits closed steps once they sit idle."""
@@ -416,7 +434,8 @@ class StepManager:
         if native != step:
             stats["step_jumps"] += 1
         try:
-            self._declare(merged)
+            if not self._declared.issuperset(merged):  # a key seen for the first time
+                self._declare(merged)
             _wandb.native_log(self._run, merged, None if self._shared else native)
         except Exception:
             stats["failed_flushes"] += 1
@@ -428,13 +447,10 @@ class StepManager:
             )
             return
         stats["wandb_calls"] += 1
-        stats["successful_flushes"] += 1
 
     def _declare(self, row: Mapping[str, Any]) -> None:
         """Put each new key on the logical-step axis, unless the user gave it an axis."""
         declared = self._declared
-        if declared.issuperset(row):  # every key seen before: the usual case, checked in C
-            return
         new = [key for key in row if key not in declared]
         if not new:
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import threading
 import weakref
@@ -23,6 +24,10 @@ _live: tuple[weakref.ref[StepManager], ...] = ()
 _exit_hook_registered = False
 #: step -> how many scopes of it are open, in any thread or task (the timer leaves those alone).
 open_scopes: dict[int, int] = {}
+#: Orders scope entries and ``update_step`` calls: the later one sets the current step.
+sequence = itertools.count()
+#: ``(sequence number, step)`` of the last scope entered, in any thread.
+last_scope: tuple[int, int] | None = None
 
 
 def get_manager(run: Any = None) -> StepManager:
@@ -77,9 +82,14 @@ def managers() -> list[StepManager]:
 
 
 def scope_entered(step: int) -> None:
-    """A ``step_scope(step)`` opened: it is now every manager's current step."""
+    """A ``step_scope(step)`` opened: it is every manager's current step; steps below close.
+
+    Managers read the current step from ``last_scope`` when they need it, and take no lock here.
+    """
+    global last_scope
     with _lock:
         open_scopes[step] = open_scopes.get(step, 0) + 1
+        last_scope = (next(sequence), step)
     for ref in _live:
         manager = ref()
         if manager is not None:

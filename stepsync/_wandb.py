@@ -73,11 +73,6 @@ def starting_step(run: Any) -> int:
         return next_native_step(run)
 
 
-def is_finished(run: Any) -> bool:
-    """True once ``run.finish()`` has begun; wandb refuses ``log`` after that."""
-    return bool(getattr(run, "_is_finished", False))
-
-
 def is_disabled(run: Any) -> bool:
     """True for the no-op run of ``wandb.init(mode="disabled")`` (a ``Run`` that keeps nothing)."""
     if not isinstance(run, Run):
