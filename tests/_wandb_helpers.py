@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from stepsync.history import read_history, read_records
+
+#: The axis key stepsync writes into every row it commits.
+AXIS = "stepsync/step"
+#: A flush_interval long enough that no background commit happens during a test.
+QUIET = 3600.0
 
 # wandb's own bookkeeping keys; `_step` is kept because tests assert on the native step.
 NON_USER_KEYS = frozenset({"_runtime", "_timestamp", "_wandb"})
@@ -32,3 +38,16 @@ def records_of(run: Any, kind: str) -> list[Any]:
 def user_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Drop wandb's `_runtime`, `_timestamp`, `_wandb` from each row to keep assertions short."""
     return [{k: v for k, v in row.items() if k not in NON_USER_KEYS} for row in rows]
+
+
+def rows(run: Any) -> list[dict[str, Any]]:
+    """Finish ``run`` and return its rows without wandb's timing keys."""
+    return user_rows(rows_of(run))
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it holds (fails the test after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)

@@ -11,6 +11,9 @@ import pytest
 import wandb
 from _wandb_helpers import finish_run
 
+import stepsync
+from stepsync._config import reset as reset_config
+
 
 @pytest.fixture(autouse=True)
 def isolated_wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -31,6 +34,16 @@ def isolated_wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         folder = home / variable.removeprefix("WANDB_").lower()
         folder.mkdir(parents=True)
         monkeypatch.setenv(variable, str(folder))
+
+
+@pytest.fixture(autouse=True)
+def clean_globals() -> Iterator[None]:
+    """Every test starts and ends unpatched, with no configure() defaults."""
+    stepsync.unpatch()
+    reset_config()
+    yield
+    stepsync.unpatch()
+    reset_config()
 
 
 @pytest.fixture

@@ -7,46 +7,28 @@ import math
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import wandb
-from _wandb_helpers import rows_of, user_rows
+from _wandb_helpers import AXIS, QUIET, rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import bad_data, bad_steps, metric_values, negative_steps
 
 import stepsync
 from stepsync import StepManager, get_manager, step_scope
-from stepsync._config import reset as reset_config
 
-AXIS = "stepsync/step"
-QUIET = 3600.0
 # One run serves every generated example: each rejected call must leave no trace at all.
 FIXTURE_REUSE = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
-
-
-@pytest.fixture(autouse=True)
-def clean_globals() -> Iterator[None]:
-    """Every test starts and ends unpatched, with no configure() defaults."""
-    stepsync.unpatch()
-    reset_config()
-    yield
-    stepsync.unpatch()
-    reset_config()
 
 
 @pytest.fixture
 def manager(offline_run) -> StepManager:
     """A manager on a fresh offline run that never commits on its own."""
     return StepManager(offline_run(), flush_interval=QUIET)
-
-
-def rows(run: Any) -> list[dict[str, Any]]:
-    return user_rows(rows_of(run))
 
 
 def untouched(manager: StepManager) -> None:

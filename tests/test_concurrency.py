@@ -12,34 +12,22 @@ import sys
 import textwrap
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 import wandb
-from _wandb_helpers import rows_of, user_rows
+from _wandb_helpers import AXIS, rows_of, user_rows
 
 import stepsync
 from stepsync import get_manager, propagate, step_scope
-from stepsync._config import reset as reset_config
 from stepsync.history import read_history
 
-AXIS = "stepsync/step"
 THREADS = 8
 STEPS = 40
 TIMEOUT = 60
-
-
-@pytest.fixture(autouse=True)
-def clean_globals() -> Iterator[None]:
-    """Every test starts and ends unpatched, with no configure() defaults."""
-    stepsync.unpatch()
-    reset_config()
-    yield
-    stepsync.unpatch()
-    reset_config()
 
 
 def check_exactly_once(rows: list[dict[str, Any]], logged: dict[str, dict[Any, int]]) -> None:

@@ -6,47 +6,18 @@ import asyncio
 import inspect
 import logging
 import threading
-import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import wandb
-from _wandb_helpers import rows_of, user_rows
+from _wandb_helpers import AXIS, QUIET, rows, wait_until
 from hypothesis import given
 from strategies import entries
 
 import stepsync
 from stepsync import LateStepError, StepManager, get_manager, logs_metrics, propagate, step_scope
-from stepsync._config import reset as reset_config
 from stepsync._manager import merge
-
-AXIS = "stepsync/step"
-QUIET = 3600.0  # a flush_interval long enough that no background commit happens in a test
-
-
-@pytest.fixture(autouse=True)
-def clean_globals() -> Iterator[None]:
-    """Every test starts and ends unpatched, with no configure() defaults."""
-    stepsync.unpatch()
-    reset_config()
-    yield
-    stepsync.unpatch()
-    reset_config()
-
-
-def rows(run: Any) -> list[dict[str, Any]]:
-    """Finish ``run`` and return its rows without wandb's timing keys."""
-    return user_rows(rows_of(run))
-
-
-def wait_until(condition: Any, timeout: float = 10.0) -> None:
-    """Poll ``condition`` until it holds (fails the test after ``timeout`` seconds)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 class TestStepResolution:

@@ -10,45 +10,19 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import wandb
-from _wandb_helpers import rows_of, user_rows
+from _wandb_helpers import AXIS, rows, wait_until
 from wandb.errors import UsageError
 
 import stepsync
 from stepsync import NoActiveRunError, StepManager, get_manager, logs_metrics, step_scope
-from stepsync._config import reset as reset_config
 from stepsync.history import read_history, read_records
 
-AXIS = "stepsync/step"
-QUIET = 3600.0
 TIMEOUT = 90
-
-
-@pytest.fixture(autouse=True)
-def clean_globals() -> Iterator[None]:
-    """Every test starts and ends unpatched, with no configure() defaults."""
-    stepsync.unpatch()
-    reset_config()
-    yield
-    stepsync.unpatch()
-    reset_config()
-
-
-def rows(run: Any) -> list[dict[str, Any]]:
-    return user_rows(rows_of(run))
-
-
-def wait_until(condition: Any, timeout: float = 10.0) -> None:
-    """Poll ``condition`` until it holds (fails the test after ``timeout`` seconds)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 class Unserializable:

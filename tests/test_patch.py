@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 import wandb
 from _wandb_helpers import records_of, rows_of, user_rows
 from wandb.sdk.wandb_run import Run
 
 import stepsync
 from stepsync import _wandb
-
-
-@pytest.fixture(autouse=True)
-def unpatched() -> Iterator[None]:
-    """Every test starts and ends with wandb's own functions in place."""
-    stepsync.unpatch()
-    yield
-    stepsync.unpatch()
 
 
 class TestPatchIdentity:
