@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from stepsync.history import read_history, read_records
@@ -51,3 +56,29 @@ def wait_until(condition: Callable[[], object], timeout: float = 10.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.01)
+
+
+def script_env() -> dict[str, str]:
+    """The test's environment (see conftest) for a script run in a subprocess: offline, quiet."""
+    env = dict(os.environ)
+    env.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off"})
+    return env
+
+
+def run_script(
+    folder: Path, name: str, source: str, *args: str, timeout: float = 90
+) -> list[dict[str, Any]]:
+    """Write ``source`` to ``folder/name``, run it to completion, return its JSON stdout lines."""
+    folder.mkdir(parents=True, exist_ok=True)
+    script = folder / name
+    script.write_text(source)
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=script_env(),
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
-import os
 import random
-import subprocess
-import sys
 import textwrap
 import threading
 from collections import Counter
@@ -19,7 +15,7 @@ from typing import Any
 
 import pytest
 import wandb
-from _wandb_helpers import AXIS, rows_of, user_rows
+from _wandb_helpers import AXIS, rows_of, run_script, user_rows
 
 import stepsync
 from stepsync import get_manager, propagate, step_scope
@@ -213,22 +209,7 @@ FORK_SCRIPT = textwrap.dedent(
 
 def run_fork_script(tmp_path: Path, mode: str) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
     """Run the fork scenario; return the child's report and the (parent, child, axis) rows."""
-    tmp_path.mkdir(exist_ok=True)
-    script = tmp_path / "fork_scenario.py"
-    script.write_text(FORK_SCRIPT)
-    # Not WANDB_SERVICE: the child starts its own wandb-core instead of joining this process's.
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
-    env.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off"})
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), mode],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env=env,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    lines = run_script(tmp_path, "fork_scenario.py", FORK_SCRIPT, str(tmp_path), mode)
     child, parent = lines
     assert parent["child_status"] == 0, "the fork child deadlocked or failed"
     rows = read_history(parent["sync_file"])
@@ -254,21 +235,7 @@ NATIVE_FORK_SCRIPT = textwrap.dedent(
 
 def native_fork_rows(tmp_path: Path) -> list[tuple[Any, ...]]:
     """The (parent, child, step) rows plain wandb keeps when a fork child logs to the run."""
-    tmp_path.mkdir()
-    script = tmp_path / "native_fork.py"
-    script.write_text(NATIVE_FORK_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
-    env.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off"})
-    proc = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        env=env,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    (report,) = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    (report,) = run_script(tmp_path, "native_fork.py", NATIVE_FORK_SCRIPT, str(tmp_path))
     rows = read_history(report["sync_file"])
     return sorted(((r.get("parent"), r.get("child"), r["_step"]) for r in rows), key=lambda r: r[2])
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from typing import Any
 
 import pytest
 import wandb
-from _wandb_helpers import AXIS, rows, wait_until
+from _wandb_helpers import AXIS, rows, script_env, wait_until
 from wandb.errors import UsageError
 
 import stepsync
@@ -201,15 +200,12 @@ def run_until_sigterm(tmp_path: Path, mode: str) -> tuple[int, dict[str, Any]]:
     """Start the training script, SIGTERM it once its data is pending, return (rc, report)."""
     script = tmp_path / "sigterm_training.py"
     script.write_text(SIGTERM_SCRIPT)
-    # Not WANDB_SERVICE: the child starts its own wandb-core instead of joining this process's.
-    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}
-    env.update({"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off"})
     proc = subprocess.Popen(
         [sys.executable, str(script), str(tmp_path), mode],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env=script_env(),
     )
     try:
         assert proc.stdout is not None
