@@ -256,7 +256,7 @@ class StepManager:
 
     # -------------------------------------------------------------- the log path
 
-    def _log(
+    def _log(  # noqa: PLR0912  (the per-call path, kept flat on purpose: no helper calls)
         self,
         data: Mapping[str, Any],
         step: int | None,
@@ -291,25 +291,23 @@ class StepManager:
                 close = commit is None or commit
             if target <= self._committed_through and not self._accept_late(target, entry, source):
                 return
-            self._buffer(target, entry, close)
-
-    def _buffer(self, step: int, entry: Entry, close: bool) -> None:
-        """Add one entry to the bucket of ``step``; commit what must go now (lock held)."""
-        bucket = self._pending.get(step)
-        if bucket is None:
-            self._pending[step] = [entry]
-            heapq.heappush(self._heap, step)
-            self._frontier = max(self._frontier, step)
-        else:
-            bucket.append(entry)
-        self._touched[step] = time.monotonic()
-        self._entries += 1
-        if close:
-            self._commit_through(step)
-        elif self._entries > self._buffer_size:
-            self._commit_overflow()
-        elif self._flusher is None:
-            self._ensure_flusher()
+            # Into the bucket of `target` (inline: this runs once per log call).
+            bucket = self._pending.get(target)
+            if bucket is None:
+                self._pending[target] = [entry]
+                heapq.heappush(self._heap, target)
+                if target > self._frontier:
+                    self._frontier = target
+            else:
+                bucket.append(entry)
+            self._touched[target] = time.monotonic()
+            self._entries += 1
+            if close:
+                self._commit_through(target)
+            elif self._entries > self._buffer_size:
+                self._commit_overflow()
+            elif self._flusher is None:
+                self._ensure_flusher()
 
     def _step_conflict(self, step: int, scope_step: int, source: str) -> None:
         self._stats["step_conflicts"] += 1
@@ -425,7 +423,8 @@ class StepManager:
         """Write one merged row for logical ``step`` through wandb's own ``log``."""
         merged, collisions = merge(entries)
         stats = self._stats
-        stats["key_conflicts"] += collisions
+        if collisions:
+            stats["key_conflicts"] += collisions
         stats["calls_saved"] += len(entries) - 1
         merged[self._axis_key] = step
         native = max(step, self._last_native + 1, _wandb.next_native_step(self._run))
