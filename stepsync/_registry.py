@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 ATTR = "_stepsync_manager"
 
 _lock = threading.Lock()
+#: Guards the rebuilding of ``_live`` (a manager may register while ``_lock`` is held). Re-entrant:
+#: the weakref callback can run from garbage collection inside a rebuild in the same thread.
+_live_lock = threading.RLock()
 #: The managers of unfinished runs, as weak references in a tuple: scope entry and exit iterate
 #: it twice a step, and iterating a tuple is ~10x cheaper than a WeakSet.
 _live: tuple[weakref.ref[StepManager], ...] = ()
@@ -57,7 +60,8 @@ def register(manager: StepManager, run: Any) -> None:
     """Attach ``manager`` to ``run`` and to the scope notifications; flush it at exit."""
     global _exit_hook_registered, _live
     run.__dict__[ATTR] = manager
-    _live = (*_live, weakref.ref(manager, _forget))
+    with _live_lock:
+        _live = (*_live, weakref.ref(manager, _forget))
     if not _exit_hook_registered:
         # atexit runs last-registered first: wandb registered its teardown at its first
         # wandb.init, before any manager exists, so this flush runs while wandb still accepts data.
@@ -68,12 +72,14 @@ def register(manager: StepManager, run: Any) -> None:
 def unregister(manager: StepManager) -> None:
     """Stop notifying ``manager`` of scopes (its run finished)."""
     global _live
-    _live = tuple(ref for ref in _live if ref() is not manager)
+    with _live_lock:
+        _live = tuple(ref for ref in _live if ref() is not manager)
 
 
 def _forget(dead: weakref.ref[StepManager]) -> None:
     global _live
-    _live = tuple(ref for ref in _live if ref is not dead)
+    with _live_lock:
+        _live = tuple(ref for ref in _live if ref is not dead)
 
 
 def managers() -> list[StepManager]:
@@ -114,12 +120,13 @@ def scope_exited(step: int) -> None:
 
 
 def flush_all() -> None:
-    """Commit every pending value of every live manager (at exit and on ``unpatch()``)."""
+    """Commit every pending value of every live manager (``unpatch()`` does, before it undoes)."""
     for manager in managers():
         manager.flush()
 
 
 def _finalize_all() -> None:
+    """At interpreter exit: commit everything and report dropped data, run by run."""
     for manager in managers():
         manager.finalize()
 
@@ -132,8 +139,8 @@ def _before_fork() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _lock
-    _lock = threading.Lock()
+    global _lock, _live_lock
+    _lock, _live_lock = threading.Lock(), threading.RLock()
     open_scopes.clear()  # the scopes of the parent's other threads do not exist here
     for manager in managers():
         manager._reset_after_fork()
