@@ -387,7 +387,7 @@ class StepManager:
             for step in sorted(self._heap):
                 if (
                     step >= self._frontier
-                    or step in _registry.open_scopes
+                    or step in _registry.open_scopes.values()
                     or self._touched[step] > deadline
                 ):
                     break

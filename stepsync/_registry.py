@@ -25,8 +25,10 @@ _live_lock = threading.RLock()
 #: it twice a step, and iterating a tuple is ~10x cheaper than a WeakSet.
 _live: tuple[weakref.ref[StepManager], ...] = ()
 _exit_hook_registered = False
-#: step -> how many scopes of it are open, in any thread or task (the timer leaves those alone).
-open_scopes: dict[int, int] = {}
+#: Every open outermost scope -> its step, in any thread or task (the timer leaves those steps
+#: alone). Keyed by the scope object, so entering and leaving are single dict operations, atomic
+#: under the GIL: no lock on the per-step path.
+open_scopes: dict[object, int] = {}
 #: Orders scope entries and ``update_step`` calls: the later one sets the current step.
 sequence = itertools.count()
 #: ``(sequence number, step)`` of the last scope entered, in any thread.
@@ -87,32 +89,28 @@ def managers() -> list[StepManager]:
     return [manager for ref in _live if (manager := ref()) is not None]
 
 
-def scope_entered(step: int) -> None:
-    """A ``step_scope(step)`` opened: it is every manager's current step; steps below close.
+def scope_entered(scope: object, step: int) -> None:
+    """``scope``, a ``step_scope(step)``, opened: ``step`` is every manager's current step.
 
     Managers read the current step from ``last_scope`` when they need it, and take no lock here.
     """
     global last_scope
-    with _lock:
-        open_scopes[step] = open_scopes.get(step, 0) + 1
-        last_scope = (next(sequence), step)
+    open_scopes[scope] = step
+    last_scope = (next(sequence), step)
     for ref in _live:
         manager = ref()
         if manager is not None:
             manager._scope_entered(step)
 
 
-def scope_exited(step: int) -> None:
-    """The outermost ``step_scope(step)`` closed: commit it and every pending step below.
+def scope_exited(scope: object, step: int) -> None:
+    """``scope``, the outermost ``step_scope(step)``, closed: commit ``step`` and those below.
 
     While another thread or task is still inside a scope of ``step``, only the steps below it
     are committed; the last scope of ``step`` to close commits it.
     """
-    with _lock:
-        still_open = open_scopes.pop(step, 0) - 1
-        if still_open > 0:
-            open_scopes[step] = still_open
-    through = step - 1 if still_open > 0 else step
+    open_scopes.pop(scope, None)  # absent after a fork: the parent's scopes are not ours
+    through = step - 1 if step in open_scopes.values() else step
     for ref in _live:
         manager = ref()
         if manager is not None:

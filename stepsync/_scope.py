@@ -54,13 +54,13 @@ class _StepScope:
         self._outermost = ACTIVE_STEP.get() != step
         self._token = ACTIVE_STEP.set(step)
         if self._outermost:
-            _registry.scope_entered(step)
+            _registry.scope_entered(self, step)
         return step
 
     def __exit__(self, *exc_info: object) -> None:
         ACTIVE_STEP.reset(self._token)
         if self._outermost:
-            _registry.scope_exited(self._step)
+            _registry.scope_exited(self, self._step)
 
 
 @contextmanager
