@@ -19,7 +19,7 @@ from typing import Any, Literal
 from stepsync import _registry, _wandb
 from stepsync._config import check_option
 from stepsync._context import ACTIVE_PRODUCER, ACTIVE_STEP
-from stepsync._errors import LateStepError, NoActiveRunError
+from stepsync._errors import LateStepError
 from stepsync._validate import check_data, check_priority, check_step
 
 logger = logging.getLogger("stepsync")
@@ -85,13 +85,7 @@ class StepManager:
         axis_key: str = "stepsync/step",
     ) -> None:
         if run is None:
-            import wandb
-
-            run = wandb.run
-            if run is None:
-                raise NoActiveRunError(
-                    "stepsync: no active wandb run; call wandb.init() first or pass run="
-                )
+            run = _registry.active_run()
         existing = run.__dict__.get(_registry.ATTR)
         if existing is not None:
             raise ValueError(

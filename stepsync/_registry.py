@@ -35,16 +35,21 @@ sequence = itertools.count()
 last_scope: tuple[int, int] | None = None
 
 
+def active_run() -> Any:
+    """``wandb.run``, or ``NoActiveRunError`` when there is none."""
+    import wandb
+
+    if wandb.run is None:
+        raise NoActiveRunError(
+            "stepsync: no active wandb run; call wandb.init() first or pass run="
+        )
+    return wandb.run
+
+
 def get_manager(run: Any = None) -> StepManager:
     """The manager of ``run`` (default: ``wandb.run``), created on first use."""
     if run is None:
-        import wandb
-
-        run = wandb.run
-        if run is None:
-            raise NoActiveRunError(
-                "stepsync: no active wandb run; call wandb.init() first or pass run="
-            )
+        run = active_run()
     manager: StepManager | None = run.__dict__.get(ATTR)
     if manager is not None:
         return manager
