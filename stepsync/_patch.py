@@ -28,6 +28,9 @@ _saved: dict[str, Any] = {}
 _warned_fallback = False
 
 _DEFAULT_PRODUCER = ("wandb.log", 5)
+# Bound once: the routing wrapper reads them on every call.
+_GUARD = _wandb.GUARD
+_ATTR = _registry.ATTR
 
 
 def _log_args(
@@ -45,7 +48,7 @@ def _route(
 ) -> Any:
     """Send one ``log``/``_log`` call to the manager of the run it was made on."""
     global _warned_fallback
-    if not _patched or _wandb.GUARD.active or instance is None:
+    if not _patched or _GUARD.active or instance is None:
         return _wandb.call_native(wrapped, *args, **kwargs)
     if not kwargs and len(args) == 1:  # run.log(data), the usual call
         data, step, commit = args[0], None, None
@@ -54,7 +57,7 @@ def _route(
             data, step, commit = _log_args(*args, **kwargs)
         except TypeError:  # a call wandb itself would reject: let wandb say so
             return _wandb.call_native(wrapped, *args, **kwargs)
-    manager = instance.__dict__.get(_registry.ATTR)
+    manager = instance.__dict__.get(_ATTR)
     if manager is None:
         try:
             manager = _registry.get_manager(instance)
@@ -63,8 +66,7 @@ def _route(
                 _warned_fallback = True
                 logger.exception("stepsync: cannot manage this run; logging natively")
             return _wandb.call_native(wrapped, *args, **kwargs)
-    source, priority = ACTIVE_PRODUCER.get() or _DEFAULT_PRODUCER
-    manager._log(data, step, commit, source, priority)
+    manager._log(data, step, commit, ACTIVE_PRODUCER.get() or _DEFAULT_PRODUCER)
     return None
 
 

@@ -99,4 +99,4 @@ def _log_result(result: Any, producer: tuple[str, int]) -> None:
                 producer[0],
             )
         return
-    manager._log(result, None, None, producer[0], producer[1])
+    manager._log(result, None, None, producer)

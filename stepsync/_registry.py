@@ -97,15 +97,18 @@ def managers() -> list[StepManager]:
 def scope_entered(scope: object, step: int) -> None:
     """``scope``, a ``step_scope(step)``, opened: ``step`` is every manager's current step.
 
-    Managers read the current step from ``last_scope`` when they need it, and take no lock here.
+    Managers read the current step from ``last_scope`` when they need it, and take no lock here:
+    a scope only raises each manager's frontier (an int compared and stored, inline: this runs
+    once per step). A race with another thread can only leave a frontier lower, so a closed step
+    waits a little longer for its commit; nothing is lost or reordered.
     """
     global last_scope
     open_scopes[scope] = step
     last_scope = (next(sequence), step)
     for ref in _live:
         manager = ref()
-        if manager is not None:
-            manager._scope_entered(step)
+        if manager is not None and step > manager._frontier:
+            manager._frontier = step
 
 
 def scope_exited(scope: object, step: int) -> None:
@@ -118,7 +121,14 @@ def scope_exited(scope: object, step: int) -> None:
     through = step - 1 if step in open_scopes.values() else step
     for ref in _live:
         manager = ref()
-        if manager is not None:
+        if manager is None or not (heap := manager._heap):
+            continue
+        # A peek at the lowest pending step without the lock: an empty scope costs no lock.
+        try:
+            lowest = heap[0]
+        except IndexError:  # another thread committed it meanwhile
+            continue
+        if lowest <= through:
             manager._scope_exited(through)
 
 

@@ -38,7 +38,9 @@ def step_scope(
         return _synced_scope(step, reduce)
     if reduce is not None:
         raise ValueError("stepsync: reduce= needs sync='ranks'")
-    return _StepScope(check_step(step))
+    if type(step) is not int or step < 0:  # the checks, for anything but a plain int >= 0
+        step = check_step(step)
+    return _StepScope(step)
 
 
 class _StepScope:
@@ -57,7 +59,7 @@ class _StepScope:
             _registry.scope_entered(self, step)
         return step
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         ACTIVE_STEP.reset(self._token)
         if self._outermost:
             _registry.scope_exited(self, self._step)

@@ -26,6 +26,16 @@ class _Guard(threading.local):
 
 
 GUARD = _Guard()
+#: This process's id, kept current across forks (``os.getpid`` is a system call).
+_pid = os.getpid()
+
+
+def _after_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def call_native(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -43,13 +53,19 @@ def native_log(run: Any, data: Mapping[str, Any], step: int | None) -> None:
     """Commit one row through wandb's own ``Run._log`` (``Run.log`` in a forked child).
 
     ``Run.log``'s decorators cost ~10 us a call: stepsync already checked the arguments and the
-    finished state; only a forked child needs ``@_attach`` to reach the parent's run.
+    finished state; only a forked child needs ``@_attach`` to reach the parent's run. The guard
+    is raised inline (this runs once per committed step).
     """
-    direct = ORIGINALS.get("_log")
-    if direct is not None and getattr(run, "_attach_pid", None) == os.getpid():
-        call_native(direct, run, data, step=step, commit=True)
-    else:
-        call_native(ORIGINALS["log"], run, data, step=step, commit=True)
+    fn = ORIGINALS.get("_log") if getattr(run, "_attach_pid", None) == _pid else None
+    if fn is None:
+        fn = ORIGINALS["log"]
+    guard = GUARD
+    outer = guard.active
+    guard.active = True
+    try:
+        fn(run, data, step=step, commit=True)
+    finally:
+        guard.active = outer
 
 
 def native_define_metric(run: Any, name: str, step_metric: str | None = None) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import wandb
-from _wandb_helpers import rows_of, user_rows
+from _wandb_helpers import QUIET, rows_of, user_rows
 
 import stepsync
 
@@ -55,12 +55,25 @@ class TestSharedScopes:
         with stepsync.step_scope(3):
             wandb.log({"a": 1})
             manager.update_step(4)  # step 3 is now closed
-            manager._touched[3] -= 60.0  # ... and has sat idle for a minute (no sleeping)
-            manager._commit_idle()  # what the timer does
+            manager._commit_idle()  # two timer ticks without new data: step 3 sat idle ...
+            manager._commit_idle()  # ... for a whole interval (no sleeping)
             assert manager.get_stats()["pending_steps"] == 1
         manager.log({"b": 2}, step=5)
-        manager._touched[5] -= 60.0
         manager.update_step(6)
+        manager._commit_idle()
         manager._commit_idle()  # no scope is open on step 5: the timer commits it
         assert manager.get_stats()["wandb_calls"] == 2
         assert [r["stepsync/step"] for r in rows_of(run)] == [3, 5]
+
+    def test_idle_flush_waits_while_a_closed_step_still_gets_data(self, offline_run):
+        """The timer commits a closed step only after a whole tick without new data for it."""
+        run = offline_run(reinit="finish_previous")
+        manager = stepsync.StepManager(run, flush_interval=QUIET)
+        manager.log({"a": 1}, step=5)
+        manager.update_step(6)  # step 5 is closed
+        manager._commit_idle()  # first tick: notes step 5's bucket
+        manager.log({"b": 2}, step=5)  # a straggler arrives before the next tick
+        manager._commit_idle()  # step 5 changed since the last tick: it waits
+        assert manager.get_stats()["wandb_calls"] == 0
+        manager._commit_idle()  # a tick without new data: step 5 is idle, and committed
+        assert user_rows(rows_of(run)) == [{"a": 1, "b": 2, "stepsync/step": 5, "_step": 5}]
