@@ -7,6 +7,7 @@ import math
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,15 @@ class TestCallSiteErrors:
         with pytest.raises(TypeError):
             manager.log(data)
         untouched(manager)
+
+    def test_known_keys_do_not_let_a_bad_key_through(self, manager):
+        """Keys seen before skip the str check; a new non-str key beside them is still refused."""
+        manager.log({"a": 1, "b": 2}, step=0)
+        with pytest.raises(TypeError, match="keys must be strings"):
+            manager.log({"a": 1, 7: 2}, step=0)
+        with pytest.raises(TypeError, match="keys must be strings"):
+            manager.log(types.MappingProxyType({"a": 1, None: 2}), step=0)  # not a dict
+        assert manager.get_stats()["total_logs"] == 1
 
     @FIXTURE_REUSE
     @given(step=bad_steps)

@@ -87,6 +87,16 @@ def new_run(name: str) -> Any:
     return run
 
 
+def caught_up(*runs: Any) -> None:
+    """Wait until wandb-core has handled every row sent so far to ``runs``.
+
+    ``run.step`` asks wandb-core, which answers after the rows queued before the question: one
+    case's backlog then cannot slow the next case down.
+    """
+    for run in runs:
+        run.step  # noqa: B018  (the question is the point)
+
+
 def finish_runs() -> None:
     """Finish every run this process started (unpatched, so nothing is routed any more)."""
     stepsync.unpatch()
@@ -164,21 +174,26 @@ def timed(fn: Callable[[], object]) -> Timing:
 Case = tuple[Callable[[], object], Callable[[], object]]
 
 
-def interleave(cases: Mapping[str, Case], reps: int) -> dict[str, list[Timing]]:
+def interleave(
+    cases: Mapping[str, Case], reps: int, settle: Callable[[], object] = lambda: None
+) -> dict[str, list[Timing]]:
     """Time every case once per repetition, flipping the order each time (setup untimed).
 
     Each case runs once untimed first: managers get created, keys declared, threads started.
+    ``settle`` runs (untimed) after every case, e.g. to let wandb-core catch up.
     """
     names = list(cases)
     times: dict[str, list[Timing]] = {name: [] for name in names}
     for setup, body in cases.values():
         setup()
         body()
+        settle()
     for rep in range(reps):
         for name in names if rep % 2 == 0 else reversed(names):
             setup, body = cases[name]
             setup()
             times[name].append(timed(body))
+            settle()
     return times
 
 

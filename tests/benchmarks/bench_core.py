@@ -16,6 +16,7 @@ from typing import Any
 from _harness import (
     SOURCES,
     Report,
+    caught_up,
     discarding_sink,
     finish_runs,
     interleave,
@@ -29,9 +30,10 @@ from _harness import (
 )
 
 import stepsync
-from stepsync import logs_metrics, step_scope
+from stepsync import _wandb, logs_metrics, step_scope
 
 CALLS_PER_STEP = len(SOURCES)
+AXIS = "stepsync/step"
 
 
 class Steps:
@@ -80,6 +82,30 @@ def native_merged(run: Any, steps: int) -> Callable[[], None]:
             for _, keys in SOURCES:
                 merged.update(row(keys, x))
             log(merged, step=step)
+
+    return loop
+
+
+def native_row(run: Any, steps: int) -> Callable[[], None]:
+    """The row stepsync commits, written by hand: the merged values plus the axis key, its keys
+    declared on the axis, through wandb's ``Run._log`` (what stepsync calls). Versus ``merged``,
+    this is what stepsync's row costs wandb; versus ``stepsync_loop``, what stepsync's own work
+    costs inside the real loop."""
+    _wandb.native_define_metric(run, AXIS)
+    for _, keys in SOURCES:
+        for key in keys:
+            _wandb.native_define_metric(run, key, step_metric=AXIS)
+    counter = Steps()
+
+    def loop() -> None:
+        native_log = _wandb.native_log
+        for step in counter.take(steps):
+            x = float(step)
+            merged: dict[str, float] = {}
+            for _, keys in SOURCES:
+                merged.update(row(keys, x))
+            merged[AXIS] = step
+            native_log(run, merged, step)
 
     return loop
 
@@ -147,21 +173,27 @@ def measure_core(args: Any, report: Report) -> dict[str, float]:
     steps = 10 if args.quick else 150
     sink_steps = 50 if args.quick else 2000
     native_run, merged_run = new_run("native"), new_run("merged")
-    stepsync_run, sink_run = new_run("stepsync"), new_run("sink")
+    stepsync_run, sink_run, row_run = new_run("stepsync"), new_run("sink"), new_run("row")
+    again_run = new_run("merged-again")
+    runs = (native_run, merged_run, stepsync_run, row_run, again_run)
 
     times = interleave(
         {
             "native4": (stepsync.unpatch, native_four_calls(native_run, steps)),
             "merged": (stepsync.unpatch, native_merged(merged_run, steps)),
             "stepsync": (stepsync.patch, stepsync_loop(stepsync_run, steps)),
+            "row": (stepsync.unpatch, native_row(row_run, steps)),
+            "again": (stepsync.unpatch, native_merged(again_run, steps)),
         },
         args.reps,
+        settle=lambda: caught_up(*runs),
     )
     stats = stepsync.get_manager(stepsync_run).get_stats()
     assert stats["wandb_calls"] == steps * (args.reps + 1), stats  # one row per step
     native_step = median_wall(times["native4"]) / steps
     merged_step = median_wall(times["merged"]) / steps
     stepsync_step = median_wall(times["stepsync"]) / steps
+    row_step = median_wall(times["row"]) / steps
     native_call = native_step / CALLS_PER_STEP
     for name, bottom, goal, what in (
         ("B1", "native4", 0.36, "4 native calls"),
@@ -175,6 +207,21 @@ def measure_core(args: Any, report: Report) -> dict[str, float]:
             f"{us(median_wall(times[bottom]) / steps)}; CPU-time ratio "
             f"{median_ratio(times['stepsync'], times[bottom], cpu=True):.3f}",
         )
+
+    report.ratio(
+        "B1r",
+        median_ratio(times["row"], times["merged"]),
+        None,
+        f"B1b's floor: stepsync's row written by hand (axis key added, keys declared on the "
+        f"axis, through Run._log) {us(row_step)} per step vs {us(merged_step)} merged",
+    )
+    report.ratio(
+        "B1aa",
+        median_ratio(times["again"], times["merged"]),
+        None,
+        "noise: the hand-merged loop on a second run / the same loop on the first (an A/A "
+        "test: B1 and B1b are only as exact as this is close to 1)",
+    )
 
     stepsync.patch()
     with discarding_sink() as sink:
@@ -218,6 +265,13 @@ def measure_core(args: Any, report: Report) -> dict[str, float]:
     report.note(
         f"B2 breakdown: empty step_scope {us(scope)} per step; routed call + commit share "
         f"{us(routed - scope / CALLS_PER_STEP)}; @logs_metrics {us(producers - routed)} per call"
+    )
+    in_loop = stepsync_step - row_step
+    alone = producers * CALLS_PER_STEP  # the B1 loop's sources are @logs_metrics functions
+    report.note(
+        f"B1b gap: stepsync's own work inside the real loop (B1 loop - B1r row) {us(in_loop)} "
+        f"per step, x{in_loop / alone:.1f} the same work timed alone (B2p x {CALLS_PER_STEP} "
+        f"= {us(alone)})"
     )
     return {
         "native_call_s": native_call,
