@@ -1,13 +1,20 @@
 """Benchmark: the 4-source x 3-key logging loop through stepsync against plain wandb.
 
-Run: ``python tests/benchmarks/bench_core.py`` (``--quick`` for a smoke run). Prints
-B1  (stepsync loop, real wandb) / (the same loop as 4 native ``run.log(step=...)`` calls),
-B1b (stepsync loop, real wandb) / (one hand-merged native ``run.log`` call per step),
-B2  stepsync's own cost per routed call (rows go to a discarding sink) / one native call.
+Run: ``python tests/benchmarks/bench_core.py`` (``--quick`` for a smoke run, ``--pin`` for
+steadier figures). Prints
+B1   (stepsync loop, real wandb) / (the same loop as 4 native ``run.log(step=...)`` calls),
+B1b  (stepsync loop, real wandb) / (one hand-merged native ``run.log`` call per step),
+B1p, B1bp  the same with each source a ``@logs_metrics`` function,
+B1r  (the row stepsync writes, by hand) / (the hand-merged call): the floor under B1b,
+B1aa (the hand-merged loop on another run) / (itself): how exact the B1 figures can be,
+B2   stepsync's own cost per routed call (rows go to a discarding sink) / one native call.
+The stepsync loop is the issue's: the patched ``run.log`` called from 4 places, one
+``step_scope`` per step.
 """
 
 from __future__ import annotations
 
+import functools
 import statistics
 import sys
 from collections.abc import Callable
@@ -16,6 +23,7 @@ from typing import Any
 from _harness import (
     SOURCES,
     Report,
+    Timing,
     caught_up,
     discarding_sink,
     finish_runs,
@@ -172,27 +180,43 @@ def measure_core(args: Any, report: Report) -> dict[str, float]:
     """B1, B1b (real wandb) and B2 (discarding sink); returns the absolute numbers."""
     steps = 10 if args.quick else 150
     sink_steps = 50 if args.quick else 2000
-    native_run, merged_run = new_run("native"), new_run("merged")
-    stepsync_run, sink_run, row_run = new_run("stepsync"), new_run("sink"), new_run("row")
-    again_run = new_run("merged-again")
-    runs = (native_run, merged_run, stepsync_run, row_run, again_run)
-
-    times = interleave(
-        {
-            "native4": (stepsync.unpatch, native_four_calls(native_run, steps)),
-            "merged": (stepsync.unpatch, native_merged(merged_run, steps)),
-            "stepsync": (stepsync.patch, stepsync_loop(stepsync_run, steps)),
-            "row": (stepsync.unpatch, native_row(row_run, steps)),
-            "again": (stepsync.unpatch, native_merged(again_run, steps)),
-        },
-        args.reps,
-        settle=lambda: caught_up(*runs),
-    )
-    stats = stepsync.get_manager(stepsync_run).get_stats()
-    assert stats["wandb_calls"] == steps * (args.reps + 1), stats  # one row per step
+    sink_run = new_run("sink")
+    # Fresh runs each round: one run can be a few percent faster than another for the same
+    # loop (B1aa shows it), so the repetitions are spread over several sets of runs.
+    rounds = 1 if args.quick else 3
+    reps = -(-args.reps // rounds)  # per round, rounded up
+    times: dict[str, list[Timing]] = {}
+    for round_ in range(rounds):
+        runs = {
+            name: new_run(f"{name}-{round_}")
+            for name in ("native4", "merged", "stepsync", "producers", "row", "again")
+        }
+        for name, timings in interleave(
+            {
+                "native4": (stepsync.unpatch, native_four_calls(runs["native4"], steps)),
+                "merged": (stepsync.unpatch, native_merged(runs["merged"], steps)),
+                "stepsync": (
+                    stepsync.patch,
+                    stepsync_loop(runs["stepsync"], steps, producers=False),
+                ),
+                "producers": (stepsync.patch, stepsync_loop(runs["producers"], steps)),
+                "row": (stepsync.unpatch, native_row(runs["row"], steps)),
+                "again": (stepsync.unpatch, native_merged(runs["again"], steps)),
+            },
+            reps,
+            settle=functools.partial(caught_up, *runs.values()),
+        ).items():
+            times.setdefault(name, []).extend(timings)
+        for name in ("stepsync", "producers"):
+            stats = stepsync.get_manager(runs[name]).get_stats()
+            assert stats["wandb_calls"] == steps * (reps + 1), stats  # one row per step
+        stepsync.unpatch()
+        for run in runs.values():
+            run.finish()
     native_step = median_wall(times["native4"]) / steps
     merged_step = median_wall(times["merged"]) / steps
     stepsync_step = median_wall(times["stepsync"]) / steps
+    producers_step = median_wall(times["producers"]) / steps
     row_step = median_wall(times["row"]) / steps
     native_call = native_step / CALLS_PER_STEP
     for name, bottom, goal, what in (
@@ -206,6 +230,13 @@ def measure_core(args: Any, report: Report) -> dict[str, float]:
             f"per step: stepsync {us(stepsync_step)}, {what} "
             f"{us(median_wall(times[bottom]) / steps)}; CPU-time ratio "
             f"{median_ratio(times['stepsync'], times[bottom], cpu=True):.3f}",
+        )
+    for name, bottom in (("B1p", "native4"), ("B1bp", "merged")):
+        report.ratio(
+            name,
+            median_ratio(times["producers"], times[bottom]),
+            None,
+            f"{name[:-1]} with each source a @logs_metrics function: {us(producers_step)} per step",
         )
 
     report.ratio(
@@ -225,7 +256,7 @@ def measure_core(args: Any, report: Report) -> dict[str, float]:
 
     stepsync.patch()
     with discarding_sink() as sink:
-        times = interleave(
+        sink_times = interleave(
             {
                 "routed": (nothing, stepsync_loop(sink_run, sink_steps, producers=False)),
                 "producers": (nothing, stepsync_loop(sink_run, sink_steps)),
@@ -239,11 +270,11 @@ def measure_core(args: Any, report: Report) -> dict[str, float]:
 
     def per_call(name: str) -> float:
         """Median over repetitions of (case - bare loop) per call: stepsync's share only."""
-        pairs = zip(times[name], times["bare"], strict=True)
+        pairs = zip(sink_times[name], sink_times["bare"], strict=True)
         return statistics.median((t.wall - b.wall) / calls for t, b in pairs)
 
     routed, producers = per_call("routed"), per_call("producers")
-    scope = median_wall(times["scopes"]) / sink_steps
+    scope = median_wall(sink_times["scopes"]) / sink_steps
     report.ratio(
         "B2",
         routed / native_call,
@@ -260,18 +291,17 @@ def measure_core(args: Any, report: Report) -> dict[str, float]:
     report.note(
         "B2 sink: stepsync._wandb.native_log/native_define_metric replaced by a counting no-op "
         "inside this benchmark only; the loop's own cost "
-        f"({us(median_wall(times['bare']) / calls)} per call) subtracted"
+        f"({us(median_wall(sink_times['bare']) / calls)} per call) subtracted"
     )
     report.note(
         f"B2 breakdown: empty step_scope {us(scope)} per step; routed call + commit share "
         f"{us(routed - scope / CALLS_PER_STEP)}; @logs_metrics {us(producers - routed)} per call"
     )
     in_loop = stepsync_step - row_step
-    alone = producers * CALLS_PER_STEP  # the B1 loop's sources are @logs_metrics functions
     report.note(
         f"B1b gap: stepsync's own work inside the real loop (B1 loop - B1r row) {us(in_loop)} "
-        f"per step, x{in_loop / alone:.1f} the same work timed alone (B2p x {CALLS_PER_STEP} "
-        f"= {us(alone)})"
+        f"per step, x{in_loop / (routed * CALLS_PER_STEP):.1f} the same work timed alone (B2 x "
+        f"{CALLS_PER_STEP} = {us(routed * CALLS_PER_STEP)})"
     )
     return {
         "native_call_s": native_call,
