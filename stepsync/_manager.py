@@ -437,8 +437,15 @@ class StepManager:
             stats["key_conflicts"] += collisions
         stats["calls_saved"] += len(entries) - 1
         merged[self._axis_key] = step
-        native = max(step, self._last_native + 1, _wandb.next_native_step(self._run))
-        self._committed_through = max(self._committed_through, step)
+        # native = max(step, last native + 1, wandb's next step), without max()'s call overhead
+        native = self._last_native + 1
+        if step > native:
+            native = step
+        wandb_next = _wandb.next_native_step(self._run)
+        if wandb_next > native:
+            native = wandb_next
+        if step > self._committed_through:
+            self._committed_through = step
         self._last_native = native
         if native != step:
             stats["step_jumps"] += 1

@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Literal, ParamSpec, TypeVar
 
-from stepsync import _registry
 from stepsync._context import ACTIVE_PRODUCER, ACTIVE_STEP
+from stepsync._registry import scope_entered, scope_exited
 from stepsync._validate import check_step
 
 if TYPE_CHECKING:
@@ -56,13 +56,13 @@ class _StepScope:
         self._outermost = ACTIVE_STEP.get() != step
         self._token = ACTIVE_STEP.set(step)
         if self._outermost:
-            _registry.scope_entered(self, step)
+            scope_entered(self, step)
         return step
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         ACTIVE_STEP.reset(self._token)
         if self._outermost:
-            _registry.scope_exited(self, self._step)
+            scope_exited(self, self._step)
 
 
 @contextmanager
