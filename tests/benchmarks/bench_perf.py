@@ -1,7 +1,8 @@
 """Benchmark: every performance figure of stepsync (B1-B6), from one process.
 
 Run: ``python tests/benchmarks/bench_perf.py`` (``--quick`` for a smoke run, ``--json PATH``
-to keep the figures, ``--check`` to exit 1 when a goal is missed). B1, B1b and B2 come from
+to keep the figures, ``--check`` to exit 1 when a goal is missed, ``--pin`` for steadier
+figures: this process on one CPU, wandb-core on the others). B1, B1b and B2 come from
 bench_core.py; this script adds memory (B3), threads (B4), scope-exit latency (B5) and how the
 cost grows with keys and pending steps (B6).
 """
