@@ -20,7 +20,7 @@ BENCHMARKS = Path(__file__).parent / "benchmarks"
 class QuickRun:
     """One ``--quick`` run of a benchmark script: its output, figures and working directory."""
 
-    def __init__(self, script: str, cwd: Path) -> None:
+    def __init__(self, script: str, cwd: Path, *extra: str) -> None:
         out = cwd / "figures.json"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "STEPSYNC_"))}
         done = subprocess.run(
@@ -32,6 +32,7 @@ class QuickRun:
                 "1",
                 "--json",
                 str(out),
+                *extra,
             ],
             cwd=cwd,
             env=env,
@@ -48,10 +49,10 @@ class QuickRun:
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> dict[str, QuickRun]:
-    """Both scripts, run once for the whole module (each takes a few seconds)."""
+    """Both scripts, run once for the whole module (each takes a few seconds); one pinned."""
     return {
-        script: QuickRun(script, tmp_path_factory.mktemp(script.removesuffix(".py")))
-        for script in ("bench_core.py", "bench_perf.py")
+        script: QuickRun(script, tmp_path_factory.mktemp(script.removesuffix(".py")), *extra)
+        for script, extra in (("bench_core.py", ("--pin",)), ("bench_perf.py", ()))
     }
 
 
@@ -65,6 +66,19 @@ class TestBenchmarkScripts:
             assert run.figures[name]["ratio"] > 0
             assert run.figures[name]["goal"] == goal
         assert "# command: python" in run.stdout
+        for name in ("B1p", "B1bp", "B1r", "B1aa"):  # reported without a goal
+            assert run.figures[name]["goal"] is None
+            assert math.isfinite(run.figures[name]["ratio"])
+        assert "B1b gap:" in run.stdout
+
+    def test_pin_puts_wandb_core_on_its_own_cpus(self, quick):
+        """``--pin`` reports where it put this process and wandb-core (or why it could not)."""
+        run = quick["bench_core.py"]
+        cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+        if len(cpus) < 2:
+            assert "# not pinned" in run.stdout
+        else:
+            assert "# pinned: this process on CPU" in run.stdout
 
     def test_perf_prints_every_figure(self, quick):
         """bench_perf.py prints B1 to B6; B3 in KB, B4 with 0 values lost, B5 synchronous."""
