@@ -78,6 +78,14 @@ def native_four_calls(run: Any, steps: int) -> Callable[[], None]:
     return loop
 
 
+def merged_values(x: float) -> dict[str, float]:
+    """The 4 sources' values of one step in one dict, as a user merging by hand builds it."""
+    merged: dict[str, float] = {}
+    for _, keys in SOURCES:
+        merged.update(row(keys, x))
+    return merged
+
+
 def native_merged(run: Any, steps: int) -> Callable[[], None]:
     """Plain wandb, merged by hand: the 4 sources' values in one ``run.log`` call per step."""
     counter = Steps()
@@ -85,11 +93,7 @@ def native_merged(run: Any, steps: int) -> Callable[[], None]:
     def loop() -> None:
         log = run.log
         for step in counter.take(steps):
-            x = float(step)
-            merged: dict[str, float] = {}
-            for _, keys in SOURCES:
-                merged.update(row(keys, x))
-            log(merged, step=step)
+            log(merged_values(float(step)), step=step)
 
     return loop
 
@@ -108,10 +112,7 @@ def native_row(run: Any, steps: int) -> Callable[[], None]:
     def loop() -> None:
         native_log = _wandb.native_log
         for step in counter.take(steps):
-            x = float(step)
-            merged: dict[str, float] = {}
-            for _, keys in SOURCES:
-                merged.update(row(keys, x))
+            merged = merged_values(float(step))
             merged[AXIS] = step
             native_log(run, merged, step)
 
