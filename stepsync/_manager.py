@@ -30,6 +30,10 @@ Entry = tuple[int, dict[str, Any]]
 
 _by_priority = itemgetter(0)
 
+#: How many keys the "already checked" cache of a manager holds at most: a job that logs new keys
+#: every step (``eval/sample_123``) keeps paying the check instead of growing the cache forever.
+KNOWN_KEYS_MAX = 65_536
+
 
 def merge(entries: list[Entry]) -> tuple[dict[str, Any], int]:
     """Merge one step's entries: lowest priority number wins, then the later write.
@@ -315,7 +319,7 @@ class StepManager:
     def _check_data(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
         """``check_data``, remembering the keys of a valid dict: known keys skip the check."""
         data = check_data(data)
-        if type(data) is dict:
+        if type(data) is dict and len(self._valid_keys) < KNOWN_KEYS_MAX:
             self._valid_keys.update(data)
         return data
 

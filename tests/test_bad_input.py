@@ -56,6 +56,16 @@ class TestCallSiteErrors:
             manager.log(types.MappingProxyType({"a": 1, None: 2}), step=0)  # not a dict
         assert manager.get_stats()["total_logs"] == 1
 
+    def test_known_keys_cache_stops_growing(self, manager, monkeypatch):
+        """New keys every step do not grow the checked-keys cache past its limit."""
+        monkeypatch.setattr(stepsync._manager, "KNOWN_KEYS_MAX", 10)
+        for step in range(50):
+            manager.log({f"eval/sample_{step}": step}, step=step)
+        assert len(manager._valid_keys) == 10
+        with pytest.raises(TypeError, match="keys must be strings"):
+            manager.log({"eval/sample_49": 1, 3: 2}, step=49)
+        assert manager.get_stats()["total_logs"] == 50
+
     @FIXTURE_REUSE
     @given(step=bad_steps)
     def test_non_integer_step_is_a_type_error(self, manager, step):
