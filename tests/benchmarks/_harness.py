@@ -74,20 +74,25 @@ def pin_cpus() -> str:
 
     Unpinned, one native ``run.log`` call took 100 to 460 us on a 2-CPU machine, changing every
     few hundred calls with where the scheduler put wandb's asyncio thread and wandb-core; pinned,
-    100 to 120 us. Threads started later inherit their parent thread's CPUs.
+    93 to 136 us. Threads started later inherit their parent thread's CPUs.
     """
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     if len(cpus) < 2:
         return "not pinned (needs Linux and 2 CPUs)"
     own, core = {cpus[0]}, set(cpus[1:])
     children: set[int] = set()
-    for task in os.listdir("/proc/self/task"):
-        os.sched_setaffinity(int(task), own)
-        with open(f"/proc/self/task/{task}/children", encoding="ascii") as listing:
-            children.update(int(pid) for pid in listing.read().split())
-    for child in children:  # wandb-core, started by the first wandb.init
-        for task in os.listdir(f"/proc/{child}/task"):
-            os.sched_setaffinity(int(task), core)
+    try:
+        for task in os.listdir("/proc/self/task"):
+            os.sched_setaffinity(int(task), own)
+            with open(f"/proc/self/task/{task}/children", encoding="ascii") as listing:
+                children.update(int(pid) for pid in listing.read().split())
+        for child in children:  # wandb-core, started by the first wandb.init
+            for task in os.listdir(f"/proc/{child}/task"):
+                os.sched_setaffinity(int(task), core)
+    except OSError as error:
+        return f"not pinned ({error})"
+    if not children:
+        return f"not pinned (no wandb-core process found); this process on CPU {cpus[0]}"
     return f"pinned: this process on CPU {cpus[0]}, wandb-core {sorted(children)} on {sorted(core)}"
 
 
