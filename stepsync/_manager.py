@@ -112,8 +112,9 @@ class StepManager:
         self._valid_keys: set[str] = set()
         self._user_axes: dict[str, str] = {}
         self._user_globs: list[str] = []
-        if not self._noop:
-            _wandb.add_finish_hook(run, self._on_run_finish)
+        #: True once the per-call path must look closer: a disabled run, or ``finish()`` began
+        #: (wandb then refuses ``log``) or cannot be watched; one attribute read while False.
+        self._closing = self._noop or not _wandb.add_finish_hook(run, self._on_run_finish)
         _registry.register(self, run)
 
     def _reset_state(self) -> None:
@@ -133,7 +134,6 @@ class StepManager:
         self._wake = threading.Event()
         self._stats = dict.fromkeys(
             (
-                "total_logs",
                 "dropped_logs",
                 "step_conflicts",
                 "late_logs",
@@ -146,6 +146,7 @@ class StepManager:
             ),
             0,
         )
+        self._total_logs = 0  # an attribute, not in _stats: ~25 ns less a call
         self._dropped_steps: tuple[int, int] | None = None
         self._dropped_reported = 0
 
@@ -244,13 +245,14 @@ class StepManager:
 
     def _on_run_finish(self) -> None:
         """``run.finish()`` began: commit everything, then leave the scope notifications."""
+        self._closing = True
         self.finalize()
         _registry.unregister(self)
 
     def get_stats(self) -> dict[str, int]:
         """Counters since the manager was created (see README, "Statistics")."""
         with self._lock:
-            stats = dict(self._stats)
+            stats = {"total_logs": self._total_logs, **self._stats}
             stats["successful_flushes"] = stats["wandb_calls"]  # the seed tool's name for it
             stats["pending_steps"] = len(self._pending) + (1 if self._late_next else 0)
             stats["pending_entries"] = self._entries + len(self._late_next)
@@ -270,16 +272,17 @@ class StepManager:
             data = self._check_data(data)
         if step is not None:
             step = check_step(step)
-        if self._noop:
-            return
-        if getattr(self._run, "_is_finished", False):  # wandb refuses log() after finish()
-            raise _run_finished_error(self._run)
+        if self._closing:
+            if self._noop:
+                return
+            if getattr(self._run, "_is_finished", False):  # wandb refuses log() after finish()
+                raise _run_finished_error(self._run)
         entry: Entry = (producer[1], dict(data))
         scope_step = ACTIVE_STEP.get()
         lock = self._lock
         lock.acquire()  # not `with`: ~0.1 us less a call
         try:
-            self._stats["total_logs"] += 1
+            self._total_logs += 1
             if scope_step is not None:
                 if step is not None and step != scope_step:
                     self._step_conflict(step, scope_step, producer[0])
@@ -358,9 +361,13 @@ class StepManager:
 
     def _scope_exited(self, through: int) -> None:
         """A scope closed with steps <= ``through`` pending (``_registry.scope_exited`` peeked)."""
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             if self._heap and self._heap[0] <= through:
                 self._commit_through(through)
+        finally:
+            lock.release()
 
     def _ensure_flusher(self) -> None:
         """Start the background thread that commits closed steps once they sit idle."""

@@ -43,12 +43,24 @@ def _define_metric_args(name: Any, step_metric: Any = None, *_: Any, **__: Any) 
     return name, step_metric
 
 
+def _route_private(
+    wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Route a direct ``Run._log`` call; wandb's own ``log`` (guard up) goes straight through."""
+    if _GUARD.active:
+        return wrapped(*args, **kwargs)
+    return _route(wrapped, instance, args, kwargs)
+
+
 def _route(
     wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    """Send one ``log``/``_log`` call to the manager of the run it was made on."""
+    """Send one ``log`` call to the manager of the run it was made on.
+
+    No guard check here: stepsync commits through ``Run._log`` itself, never through ``log``.
+    """
     global _warned_fallback
-    if not _patched or _GUARD.active or instance is None:
+    if not _patched or instance is None:
         return _wandb.call_native(wrapped, *args, **kwargs)
     if not kwargs and len(args) == 1:  # run.log(data), the usual call
         data, step, commit = args[0], None, None
@@ -87,7 +99,7 @@ def _record_define_metric(
 
 _WRAPPERS: dict[str, Callable[..., Any]] = {
     "log": _route,
-    "_log": _route,
+    "_log": _route_private,
     "define_metric": _record_define_metric,
 }
 

@@ -118,7 +118,7 @@ def scope_exited(scope: object, step: int) -> None:
     are committed; the last scope of ``step`` to close commits it.
     """
     open_scopes.pop(scope, None)  # absent after a fork: the parent's scopes are not ours
-    through = step - 1 if step in open_scopes.values() else step
+    through = step - 1 if open_scopes and step in open_scopes.values() else step
     for ref in _live:
         manager = ref()
         if manager is None or not (heap := manager._heap):
