@@ -108,8 +108,11 @@ class StepManager:
         self._committed_through = next_step - 1
         self._last_native = next_step - 1
         self._declared: set[str] = set()
-        #: Keys already checked to be strings (a dict of known keys skips the check).
-        self._valid_keys: set[str] = set()
+        #: Keys checked to be strings and already declared on the axis: a call whose keys are
+        #: all known skips both the check and, at its commit, the look for keys to declare.
+        self._known_keys: set[str] = set()
+        #: A pending entry has keys that are not known yet: the next commits look for new keys.
+        self._new_keys = True  # the axis key itself, at the first commit
         self._user_axes: dict[str, str] = {}
         self._user_globs: list[str] = []
         #: True once the per-call path must look closer: a disabled run, or ``finish()`` began
@@ -268,8 +271,9 @@ class StepManager:
         producer: tuple[str, int],
     ) -> None:
         """Resolve the logical step of one call and buffer it (``producer``: source, priority)."""
-        if type(data) is not dict or not self._valid_keys.issuperset(data):
-            data = self._check_data(data)
+        new_keys = type(data) is not dict or not self._known_keys.issuperset(data)
+        if new_keys:
+            data = check_data(data)
         if step is not None:
             step = check_step(step)
         if self._closing:
@@ -283,6 +287,8 @@ class StepManager:
         lock.acquire()  # not `with`: ~0.1 us less a call
         try:
             self._total_logs += 1
+            if new_keys:
+                self._new_keys = True
             if scope_step is not None:
                 if step is not None and step != scope_step:
                     self._step_conflict(step, scope_step, producer[0])
@@ -318,13 +324,6 @@ class StepManager:
                 self._ensure_flusher()
         finally:
             lock.release()
-
-    def _check_data(self, data: Mapping[str, Any]) -> Mapping[str, Any]:
-        """``check_data``, remembering the keys of a valid dict: known keys skip the check."""
-        data = check_data(data)
-        if type(data) is dict and len(self._valid_keys) < KNOWN_KEYS_MAX:
-            self._valid_keys.update(data)
-        return data
 
     def _step_conflict(self, step: int, scope_step: int, source: str) -> None:
         self._stats["step_conflicts"] += 1
@@ -362,10 +361,9 @@ class StepManager:
     def _scope_exited(self, through: int) -> None:
         """A scope closed with steps <= ``through`` pending (``_registry.scope_exited`` peeked)."""
         lock = self._lock
-        lock.acquire()
+        lock.acquire()  # not `with`: ~0.08 us less a step
         try:
-            if self._heap and self._heap[0] <= through:
-                self._commit_through(through)
+            self._commit_through(through)  # nothing when another thread committed meanwhile
         finally:
             lock.release()
 
@@ -448,22 +446,19 @@ class StepManager:
             stats["key_conflicts"] += collisions
         stats["calls_saved"] += len(entries) - 1
         merged[self._axis_key] = step
-        # native = max(step, last native + 1, wandb's next step), without max()'s call overhead
+        if step > self._committed_through:
+            self._committed_through = step
+        # the row's native step: at least max(step, last native + 1); wandb may raise it further
         native = self._last_native + 1
         if step > native:
             native = step
-        wandb_next = _wandb.next_native_step(self._run)
-        if wandb_next > native:
-            native = wandb_next
-        if step > self._committed_through:
-            self._committed_through = step
-        self._last_native = native
-        if native != step:
-            stats["step_jumps"] += 1
         try:
-            if not self._declared.issuperset(merged):  # a key seen for the first time
-                self._declare(merged)
-            _wandb.native_log(self._run, merged, None if self._shared else native)
+            if self._new_keys:
+                if not self._declared.issuperset(merged):
+                    self._declare(merged)
+                if not self._pending and not self._late_next:
+                    self._new_keys = False  # every entry left has known keys
+            native = _wandb.native_log(self._run, merged, native, self._shared)
         except Exception:
             stats["failed_flushes"] += 1
             logger.exception(
@@ -473,6 +468,9 @@ class StepManager:
                 sorted(merged),
             )
             return
+        self._last_native = native
+        if native != step:
+            stats["step_jumps"] += 1
         stats["wandb_calls"] += 1
 
     def _declare(self, row: Mapping[str, Any]) -> None:
@@ -483,8 +481,11 @@ class StepManager:
             return
         run = self._run
         axis = self._axis_key
+        known = self._known_keys
         for key in new:
             declared.add(key)
+            if len(known) < KNOWN_KEYS_MAX:
+                known.add(key)
             if key.startswith("_") or key in self._user_axes:
                 continue
             if key == axis:

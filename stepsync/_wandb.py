@@ -49,23 +49,32 @@ def call_native(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         GUARD.active = False
 
 
-def native_log(run: Any, data: Mapping[str, Any], step: int | None) -> None:
-    """Commit one row through wandb's own ``Run._log`` (``Run.log`` in a forked child).
+def native_log(run: Any, data: Mapping[str, Any], step: int, shared: bool = False) -> int:
+    """Commit one row through wandb's own ``Run._log``; return its native step.
 
+    That step is ``step``, or wandb's next step when something else moved wandb further.
     ``Run.log``'s decorators cost ~10 us a call: stepsync already checked the arguments and the
-    finished state; only a forked child needs ``@_attach`` to reach the parent's run. The guard
-    is raised inline (this runs once per committed step).
+    finished state, so only a forked child, which needs ``@_attach`` to reach the parent's run,
+    goes through ``Run.log`` (with the guard up: its ``self._log`` call must not be routed).
+    ``shared``: wandb ignores ``step`` in shared mode, so none is passed.
     """
+    wandb_next = getattr(run, "_local_step", None)
+    if wandb_next is None:  # wandb < 0.27.2
+        wandb_next = next_native_step(run)
+    if wandb_next > step:
+        step = wandb_next
     fn = ORIGINALS.get("_log") if getattr(run, "_attach_pid", None) == _pid else None
-    if fn is None:
-        fn = ORIGINALS["log"]
+    if fn is not None:
+        fn(run, data, step=None if shared else step, commit=True)  # unpatched: no guard needed
+        return step
     guard = GUARD
     outer = guard.active
     guard.active = True
     try:
-        fn(run, data, step=step, commit=True)
+        ORIGINALS["log"](run, data, step=None if shared else step, commit=True)
     finally:
         guard.active = outer
+    return step
 
 
 def native_define_metric(run: Any, name: str, step_metric: str | None = None) -> None:

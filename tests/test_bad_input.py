@@ -50,10 +50,12 @@ class TestCallSiteErrors:
     def test_known_keys_do_not_let_a_bad_key_through(self, manager):
         """Keys seen before skip the str check; a new non-str key beside them is still refused."""
         manager.log({"a": 1, "b": 2}, step=0)
+        manager.flush()  # committed: "a" and "b" are known now
+        assert {"a", "b"} <= manager._known_keys
         with pytest.raises(TypeError, match="keys must be strings"):
-            manager.log({"a": 1, 7: 2}, step=0)
+            manager.log({"a": 1, 7: 2}, step=1)
         with pytest.raises(TypeError, match="keys must be strings"):
-            manager.log(types.MappingProxyType({"a": 1, None: 2}), step=0)  # not a dict
+            manager.log(types.MappingProxyType({"a": 1, None: 2}), step=1)  # not a dict
         assert manager.get_stats()["total_logs"] == 1
 
     def test_known_keys_cache_stops_growing(self, manager, monkeypatch):
@@ -61,7 +63,8 @@ class TestCallSiteErrors:
         monkeypatch.setattr(stepsync._manager, "KNOWN_KEYS_MAX", 10)
         for step in range(50):
             manager.log({f"eval/sample_{step}": step}, step=step)
-        assert len(manager._valid_keys) == 10
+        manager.flush()
+        assert len(manager._known_keys) == 10
         with pytest.raises(TypeError, match="keys must be strings"):
             manager.log({"eval/sample_49": 1, 3: 2}, step=49)
         assert manager.get_stats()["total_logs"] == 50
@@ -199,8 +202,9 @@ class TestUnusualValues:
         seen: list[dict[str, Any]] = []
         original = stepsync._wandb.native_log
 
-        def spy(run: Any, data: Any, step: Any) -> None:
+        def spy(run: Any, data: Any, step: int, shared: bool = False) -> int:
             seen.append(data)
+            return step
 
         stepsync._wandb.native_log = spy  # wandb itself is not needed to check identity
         try:

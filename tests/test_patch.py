@@ -105,6 +105,27 @@ class TestChartAxis:
         assert len(metrics) == 3
         assert not any(m.metric.glob_name for m in metrics)
 
+    def test_a_key_new_while_another_step_commits_is_still_declared(self, offline_run):
+        """Keys are declared at their row's first commit, even when an earlier step's commit
+        (with only known keys) came between the call and that commit."""
+        stepsync.patch()
+        run = offline_run()
+        with stepsync.step_scope(0):
+            run.log({"a": 1})
+        run.log({"a": 2}, step=1)
+        run.log({"b": 3}, step=2)  # new key, pending behind step 1
+        manager = stepsync.get_manager(run)
+        with manager._lock:
+            manager._commit_through(1)  # step 1: known keys only; step 2 still pending
+        run.finish()
+        declared = {
+            (m.metric.name, m.metric.step_metric)
+            for m in records_of(run, "metric")
+            if not m.metric.expanded_from_glob
+        }
+        assert ("b", "stepsync/step") in declared
+        assert [r["stepsync/step"] for r in rows_of(run)] == [0, 1, 2]
+
     def test_user_axes_are_left_alone(self, offline_run):
         """A key the user gave an axis (by name or glob) is not re-declared by stepsync."""
         stepsync.patch()

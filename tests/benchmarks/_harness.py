@@ -164,7 +164,7 @@ def discarding_sink(
     clock = time.perf_counter
     ident = threading.get_ident
 
-    def native_log(run: Any, data: Mapping[str, Any], step: int | None) -> None:
+    def native_log(run: Any, data: Mapping[str, Any], step: int, shared: bool = False) -> int:
         if timestamps:
             sink.calls.append((clock(), ident()))
         sink.rows += 1
@@ -172,7 +172,8 @@ def discarding_sink(
         if keep:
             sink.kept.append(data)
         if forward:
-            saved_log(run, data, step)
+            return saved_log(run, data, step, shared)
+        return step
 
     def native_define_metric(run: Any, name: str, step_metric: str | None = None) -> None:
         if forward:
