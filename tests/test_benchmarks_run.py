@@ -66,7 +66,7 @@ class TestBenchmarkScripts:
             assert run.figures[name]["ratio"] > 0
             assert run.figures[name]["goal"] == goal
         assert "# command: python" in run.stdout
-        for name in ("B1p", "B1bp", "B1r", "B1aa"):  # reported without a goal
+        for name in ("B1p", "B1bp", "B1r", "B1aa", "B1f"):  # reported without a goal
             assert run.figures[name]["goal"] is None
             assert math.isfinite(run.figures[name]["ratio"])
         assert "B1b gap:" in run.stdout

@@ -7,6 +7,7 @@ B1b  (stepsync loop, real wandb) / (one hand-merged native ``run.log`` call per 
 B1p, B1bp  the same with each source a ``@logs_metrics`` function,
 B1r  (the row stepsync writes, by hand) / (the hand-merged call): the floor under B1b,
 B1aa (the hand-merged loop on another run) / (itself): how exact the B1 figures can be,
+B1f  (the same shape stripped of stepsync's guarantees) / (the hand-merged call): what they cost,
 B2   stepsync's own cost per routed call (rows go to a discarding sink) / one native call.
 The stepsync loop is the issue's: the patched ``run.log`` called from 4 places, one
 ``step_scope`` per step.
@@ -14,12 +15,15 @@ The stepsync loop is the issue's: the patched ``run.log`` called from 4 places, 
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import statistics
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
+import wrapt
 from _harness import (
     SOURCES,
     Report,
@@ -142,6 +146,88 @@ def stepsync_loop(run: Any, steps: int, *, producers: bool = True) -> Callable[[
     return loop
 
 
+class Floor:
+    """B1f: stepsync's shape with its guarantees taken out, to show what they cost in the loop.
+
+    A contextvar scope, a wrapt wrapper on ``Run.log`` that copies each call's dict into its
+    step's list under a lock, and one merged row (axis key included) per scope exit through
+    ``Run._log``. Left out: argument checks, priorities and collision rules, steps outside
+    scopes, late data, the idle timer, finished and disabled runs, more than one run.
+    """
+
+    def __init__(self) -> None:
+        self.step: contextvars.ContextVar[int] = contextvars.ContextVar("floor")
+        self.lock = threading.Lock()
+        self.pending: dict[int, list[dict[str, Any]]] = {}
+        self.original = _wandb.ORIGINALS["log"]
+        self.wrapper = wrapt.FunctionWrapper(self.original, self.route)
+
+    def route(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
+        data = dict(args[0])
+        step = self.step.get()
+        self.lock.acquire()
+        bucket = self.pending.get(step)
+        if bucket is None:
+            self.pending[step] = [data]
+        else:
+            bucket.append(data)
+        self.lock.release()
+
+    def on(self) -> None:
+        stepsync.unpatch()
+        _wandb.Run.log = self.wrapper
+
+    def off(self) -> None:
+        if _wandb.Run.__dict__["log"] is self.wrapper:
+            _wandb.Run.log = self.original
+
+    def loop(self, run: Any, steps: int) -> Callable[[], None]:
+        _wandb.native_define_metric(run, AXIS)
+        for _, keys in SOURCES:
+            for key in keys:
+                _wandb.native_define_metric(run, key, step_metric=AXIS)
+        counter = Steps()
+        floor = self
+        native_log = _wandb.ORIGINALS["_log"]
+
+        class Scope:
+            __slots__ = ("step", "token")
+
+            def __init__(self, step: int) -> None:
+                self.step = step
+
+            def __enter__(self) -> None:
+                self.token = floor.step.set(self.step)
+
+            def __exit__(self, *exc: object) -> None:
+                floor.step.reset(self.token)
+                entries = floor.pending.pop(self.step, None)
+                if entries:
+                    merged: dict[str, Any] = {}
+                    for data in entries:
+                        merged |= data
+                    merged[AXIS] = self.step
+                    native_log(run, merged, step=self.step, commit=True)
+
+        def loop() -> None:
+            log = run.log
+
+            def source(keys: tuple[str, str, str]) -> Callable[[float], None]:
+                def produce(x: float) -> None:
+                    log(row(keys, x))
+
+                return produce
+
+            sources = [source(keys) for _, keys in SOURCES]
+            for step in counter.take(steps):
+                with Scope(step):
+                    x = float(step)
+                    for produce in sources:
+                        produce(x)
+
+        return loop
+
+
 def bare_loop(steps: int) -> Callable[[], None]:
     """The user's own share of the loop (building the dicts, calling the sources), no logging."""
 
@@ -187,22 +273,30 @@ def measure_core(args: Any, report: Report) -> dict[str, float]:
     rounds = 1 if args.quick else 3
     reps = -(-args.reps // rounds)  # per round, rounded up
     times: dict[str, list[Timing]] = {}
+    floor = Floor()
+
+    def plain() -> None:
+        floor.off()
+        stepsync.unpatch()
+
+    def routed() -> None:
+        floor.off()
+        stepsync.patch()
+
     for round_ in range(rounds):
         runs = {
             name: new_run(f"{name}-{round_}")
-            for name in ("native4", "merged", "stepsync", "producers", "row", "again")
+            for name in ("native4", "merged", "stepsync", "producers", "row", "again", "floor")
         }
         for name, timings in interleave(
             {
-                "native4": (stepsync.unpatch, native_four_calls(runs["native4"], steps)),
-                "merged": (stepsync.unpatch, native_merged(runs["merged"], steps)),
-                "stepsync": (
-                    stepsync.patch,
-                    stepsync_loop(runs["stepsync"], steps, producers=False),
-                ),
-                "producers": (stepsync.patch, stepsync_loop(runs["producers"], steps)),
-                "row": (stepsync.unpatch, native_row(runs["row"], steps)),
-                "again": (stepsync.unpatch, native_merged(runs["again"], steps)),
+                "native4": (plain, native_four_calls(runs["native4"], steps)),
+                "merged": (plain, native_merged(runs["merged"], steps)),
+                "stepsync": (routed, stepsync_loop(runs["stepsync"], steps, producers=False)),
+                "producers": (routed, stepsync_loop(runs["producers"], steps)),
+                "row": (plain, native_row(runs["row"], steps)),
+                "again": (plain, native_merged(runs["again"], steps)),
+                "floor": (floor.on, floor.loop(runs["floor"], steps)),
             },
             reps,
             settle=functools.partial(caught_up, *runs.values()),
@@ -211,7 +305,7 @@ def measure_core(args: Any, report: Report) -> dict[str, float]:
         for name in ("stepsync", "producers"):
             stats = stepsync.get_manager(runs[name]).get_stats()
             assert stats["wandb_calls"] == steps * (reps + 1), stats  # one row per step
-        stepsync.unpatch()
+        plain()
         for run in runs.values():
             run.finish()
     native_step = median_wall(times["native4"]) / steps
@@ -253,6 +347,14 @@ def measure_core(args: Any, report: Report) -> dict[str, float]:
         None,
         "noise: the hand-merged loop on a second run / the same loop on the first (an A/A "
         "test: B1 and B1b are only as exact as this is close to 1)",
+    )
+    report.ratio(
+        "B1f",
+        median_ratio(times["floor"], times["merged"]),
+        None,
+        f"the same shape without stepsync's guarantees (no checks, priorities, late data, timer; "
+        f"one run): {us(median_wall(times['floor']) / steps)} per step; B1b - B1f is what they "
+        "cost inside the loop",
     )
 
     stepsync.patch()
