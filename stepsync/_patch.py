@@ -2,8 +2,9 @@
 
 The wrappers sit on the class, so ``wandb.log``, ``run.log`` and every integration see them. The
 routing wrapper stands in front of ``Run.log``'s own decorators (they cost more than stepsync's
-whole path); the manager commits through the originals with a guard up, so a commit never
-re-enters the patch, and the ``_log`` wrapper only routes calls that did not come through ``log``.
+whole path); the manager commits through the unpatched ``Run._log`` (a forked child through
+``Run.log``, with a guard up), so a commit never re-enters the patch, and the ``_log`` wrapper
+only routes calls that did not come through ``log``.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import statistics
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import wrapt
@@ -123,8 +124,17 @@ def native_row(run: Any, steps: int) -> Callable[[], None]:
     return loop
 
 
-def stepsync_loop(run: Any, steps: int, *, producers: bool = True) -> Callable[[], None]:
-    """stepsync: one ``step_scope`` per step, 4 ``@logs_metrics`` sources calling ``run.log``."""
+def stepsync_loop(
+    run: Any,
+    steps: int,
+    *,
+    producers: bool = True,
+    scope: Callable[[int], AbstractContextManager[Any]] = step_scope,
+) -> Callable[[], None]:
+    """stepsync: one ``step_scope`` per step, 4 ``@logs_metrics`` sources calling ``run.log``.
+
+    ``scope`` replaces ``step_scope`` (B1f runs the same user code through its prototype).
+    """
     counter = Steps()
 
     def loop() -> None:
@@ -138,7 +148,7 @@ def stepsync_loop(run: Any, steps: int, *, producers: bool = True) -> Callable[[
 
         sources = [source(name, i, keys) for i, (name, keys) in enumerate(SOURCES)]
         for step in counter.take(steps):
-            with step_scope(step):
+            with scope(step):
                 x = float(step)
                 for produce in sources:
                     produce(x)
@@ -186,7 +196,6 @@ class Floor:
         for _, keys in SOURCES:
             for key in keys:
                 _wandb.native_define_metric(run, key, step_metric=AXIS)
-        counter = Steps()
         floor = self
         native_log = _wandb.ORIGINALS["_log"]
 
@@ -209,23 +218,7 @@ class Floor:
                     merged[AXIS] = self.step
                     native_log(run, merged, step=self.step, commit=True)
 
-        def loop() -> None:
-            log = run.log
-
-            def source(keys: tuple[str, str, str]) -> Callable[[float], None]:
-                def produce(x: float) -> None:
-                    log(row(keys, x))
-
-                return produce
-
-            sources = [source(keys) for _, keys in SOURCES]
-            for step in counter.take(steps):
-                with Scope(step):
-                    x = float(step)
-                    for produce in sources:
-                        produce(x)
-
-        return loop
+        return stepsync_loop(run, steps, producers=False, scope=Scope)  # the same user code
 
 
 def bare_loop(steps: int) -> Callable[[], None]:
