@@ -1,9 +1,8 @@
-"""One manager per wandb run: lookup, scope notifications, exit flush and fork reset."""
+"""One manager per wandb run: lookup, the live managers, exit flush and fork reset."""
 
 from __future__ import annotations
 
 import atexit
-import itertools
 import os
 import threading
 import weakref
@@ -18,21 +17,13 @@ if TYPE_CHECKING:
 ATTR = "_stepsync_manager"
 
 _lock = threading.Lock()
-#: Guards the rebuilding of ``_live`` (a manager may register while ``_lock`` is held). Re-entrant:
+#: Guards the rebuilding of ``live`` (a manager may register while ``_lock`` is held). Re-entrant:
 #: the weakref callback can run from garbage collection inside a rebuild in the same thread.
 _live_lock = threading.RLock()
 #: The managers of unfinished runs, as weak references in a tuple: scope entry and exit iterate
 #: it twice a step, and iterating a tuple is ~10x cheaper than a WeakSet.
-_live: tuple[weakref.ref[StepManager], ...] = ()
+live: tuple[weakref.ref[StepManager], ...] = ()
 _exit_hook_registered = False
-#: Every open outermost scope -> its step, in any thread or task (the timer leaves those steps
-#: alone). Keyed by the scope object, so entering and leaving are single dict operations, atomic
-#: under the GIL: no lock on the per-step path.
-open_scopes: dict[object, int] = {}
-#: Orders scope entries and ``update_step`` calls: the later one sets the current step.
-sequence = itertools.count()
-#: ``(sequence number, step)`` of the last scope entered, in any thread.
-last_scope: tuple[int, int] | None = None
 
 
 def active_run() -> Any:
@@ -65,10 +56,10 @@ def get_manager(run: Any = None) -> StepManager:
 
 def register(manager: StepManager, run: Any) -> None:
     """Attach ``manager`` to ``run`` and to the scope notifications; flush it at exit."""
-    global _exit_hook_registered, _live
+    global _exit_hook_registered, live
     run.__dict__[ATTR] = manager
     with _live_lock:
-        _live = (*_live, weakref.ref(manager, _forget))
+        live = (*live, weakref.ref(manager, _forget))
     if not _exit_hook_registered:
         # atexit runs last-registered first: wandb registered its teardown at its first
         # wandb.init, before any manager exists, so this flush runs while wandb still accepts data.
@@ -78,58 +69,20 @@ def register(manager: StepManager, run: Any) -> None:
 
 def unregister(manager: StepManager) -> None:
     """Stop notifying ``manager`` of scopes (its run finished)."""
-    global _live
+    global live
     with _live_lock:
-        _live = tuple(ref for ref in _live if ref() is not manager)
+        live = tuple(ref for ref in live if ref() is not manager)
 
 
 def _forget(dead: weakref.ref[StepManager]) -> None:
-    global _live
+    global live
     with _live_lock:
-        _live = tuple(ref for ref in _live if ref is not dead)
+        live = tuple(ref for ref in live if ref is not dead)
 
 
 def managers() -> list[StepManager]:
     """The managers of unfinished runs (a snapshot, safe to iterate while others register)."""
-    return [manager for ref in _live if (manager := ref()) is not None]
-
-
-def scope_entered(scope: object, step: int) -> None:
-    """``scope``, a ``step_scope(step)``, opened: ``step`` is every manager's current step.
-
-    Managers read the current step from ``last_scope`` when they need it, and take no lock here:
-    a scope only raises each manager's frontier (an int compared and stored, inline: this runs
-    once per step). A race with another thread can only leave a frontier lower, so a closed step
-    waits a little longer for its commit; nothing is lost or reordered.
-    """
-    global last_scope
-    open_scopes[scope] = step
-    last_scope = (next(sequence), step)
-    for ref in _live:
-        manager = ref()
-        if manager is not None and step > manager._frontier:
-            manager._frontier = step
-
-
-def scope_exited(scope: object, step: int) -> None:
-    """``scope``, the outermost ``step_scope(step)``, closed: commit ``step`` and those below.
-
-    While another thread or task is still inside a scope of ``step``, only the steps below it
-    are committed; the last scope of ``step`` to close commits it.
-    """
-    open_scopes.pop(scope, None)  # absent after a fork: the parent's scopes are not ours
-    through = step - 1 if open_scopes and step in open_scopes.values() else step
-    for ref in _live:
-        manager = ref()
-        if manager is None or not (heap := manager._heap):
-            continue
-        # A peek at the lowest pending step without the lock: an empty scope costs no lock.
-        try:
-            lowest = heap[0]
-        except IndexError:  # another thread committed it meanwhile
-            continue
-        if lowest <= through:
-            manager._scope_exited(through)
+    return [manager for ref in live if (manager := ref()) is not None]
 
 
 def flush_all() -> None:
@@ -154,7 +107,6 @@ def _before_fork() -> None:
 def _after_fork_in_child() -> None:
     global _lock, _live_lock
     _lock, _live_lock = threading.Lock(), threading.RLock()
-    open_scopes.clear()  # the scopes of the parent's other threads do not exist here
     for manager in managers():
         manager._reset_after_fork()
 

@@ -7,12 +7,14 @@ commits it. Contextvars follow asyncio tasks; ``propagate`` carries them into th
 from __future__ import annotations
 
 import functools
+import itertools
+import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Literal, ParamSpec, TypeVar
 
+from stepsync import _registry
 from stepsync._context import ACTIVE_PRODUCER, ACTIVE_STEP
-from stepsync._registry import scope_entered, scope_exited
 from stepsync._validate import check_step
 
 if TYPE_CHECKING:
@@ -20,6 +22,14 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: Every open outermost scope -> its step, in any thread or task (the idle timer leaves those
+#: steps alone). Keyed by the scope object, so entering and leaving are single dict operations.
+open_scopes: dict[object, int] = {}
+#: Orders scope entries and ``update_step`` calls: the later one sets the current step.
+sequence = itertools.count()
+#: ``(sequence number, step)`` of the last scope entered, in any thread.
+last_scope: tuple[int, int] | None = None
 
 
 def step_scope(
@@ -44,7 +54,11 @@ def step_scope(
 
 
 class _StepScope:
-    """The context manager of ``step_scope``: a small class, as it runs once per training step."""
+    """The context manager of ``step_scope``: a small class, as it runs once per training step.
+
+    Entering the outermost scope of a step makes it every manager's current step; leaving it
+    commits the step. The registry's bookkeeping is inline (two calls less a step).
+    """
 
     __slots__ = ("_outermost", "_step", "_token")
 
@@ -52,17 +66,42 @@ class _StepScope:
         self._step = step
 
     def __enter__(self) -> int:
+        global last_scope
         step = self._step
-        self._outermost = ACTIVE_STEP.get() != step
+        self._outermost = outermost = ACTIVE_STEP.get() != step
         self._token = ACTIVE_STEP.set(step)
-        if self._outermost:
-            scope_entered(self, step)
+        if outermost:
+            # No lock: each is one dict or int operation, atomic under the GIL. A race with
+            # another thread can only leave a frontier lower, so a closed step waits a little
+            # longer for its commit; nothing is lost or reordered.
+            open_scopes[self] = step
+            last_scope = (next(sequence), step)
+            for ref in _registry.live:
+                manager = ref()
+                if manager is not None and step > manager._frontier:
+                    manager._frontier = step
         return step
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         ACTIVE_STEP.reset(self._token)
-        if self._outermost:
-            scope_exited(self, self._step)
+        if not self._outermost:
+            return
+        step = self._step
+        open_scopes.pop(self, None)  # absent after a fork: the parent's scopes are not ours
+        # While another thread or task is still inside a scope of this step, only the steps
+        # below it commit; the last scope of the step to close commits it.
+        through = step - 1 if open_scopes and step in open_scopes.values() else step
+        for ref in _registry.live:
+            manager = ref()
+            if manager is None or not (heap := manager._heap):
+                continue
+            # A peek at the lowest pending step without the lock: an empty scope takes no lock.
+            try:
+                lowest = heap[0]
+            except IndexError:  # another thread committed it meanwhile
+                continue
+            if lowest <= through:
+                manager._scope_exited(through)
 
 
 @contextmanager
@@ -93,3 +132,10 @@ def propagate(fn: Callable[P, R]) -> Callable[P, R]:
             ACTIVE_STEP.reset(step_token)
 
     return run_in_caller_context
+
+
+def _after_fork_in_child() -> None:
+    open_scopes.clear()  # the scopes of the parent's other threads do not exist here
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -60,10 +60,16 @@ class Steps:
         self.next += count
         return range(start, start + count)
 
+    @staticmethod
+    def of(run: Any) -> Steps:
+        """The run's own counter: loops that share a run never log to each other's old steps."""
+        counter: Steps = run.__dict__.setdefault("_bench_steps", Steps())
+        return counter
+
 
 def native_four_calls(run: Any, steps: int) -> Callable[[], None]:
     """Plain wandb: each of the 4 sources calls ``run.log(values, step=step)``."""
-    counter = Steps()
+    counter = Steps.of(run)
 
     def loop() -> None:
         log = run.log
@@ -93,7 +99,7 @@ def merged_values(x: float) -> dict[str, float]:
 
 def native_merged(run: Any, steps: int) -> Callable[[], None]:
     """Plain wandb, merged by hand: the 4 sources' values in one ``run.log`` call per step."""
-    counter = Steps()
+    counter = Steps.of(run)
 
     def loop() -> None:
         log = run.log
@@ -112,7 +118,7 @@ def native_row(run: Any, steps: int) -> Callable[[], None]:
     for _, keys in SOURCES:
         for key in keys:
             _wandb.native_define_metric(run, key, step_metric=AXIS)
-    counter = Steps()
+    counter = Steps.of(run)
 
     def loop() -> None:
         native_log = _wandb.native_log
@@ -135,7 +141,7 @@ def stepsync_loop(
 
     ``scope`` replaces ``step_scope`` (B1f runs the same user code through its prototype).
     """
-    counter = Steps()
+    counter = Steps.of(run)
 
     def loop() -> None:
         log = run.log  # the patched Run.log
