@@ -56,22 +56,27 @@ def native_log(run: Any, data: Mapping[str, Any], step: int, shared: bool = Fals
     ``Run.log``'s decorators cost ~10 us a call: stepsync already checked the arguments and the
     finished state, so only a forked child, which needs ``@_attach`` to reach the parent's run,
     goes through ``Run.log`` (with the guard up: its ``self._log`` call must not be routed).
-    ``shared``: wandb ignores ``step`` in shared mode, so none is passed.
+    When the row is wandb's next step anyway, no step is passed: wandb numbers it the same and
+    skips its checks of an explicit step (a ``getpid`` system call among them), and no row can be
+    refused as "less than the current step". wandb ignores ``step`` in shared mode, so none
+    is passed there (``shared``).
     """
     wandb_next = getattr(run, "_local_step", None)
     if wandb_next is None:  # wandb < 0.27.2
         wandb_next = next_native_step(run)
-    if wandb_next > step:
-        step = wandb_next
+    if wandb_next >= step:
+        step, passed = wandb_next, None
+    else:
+        passed = None if shared else step
     fn = ORIGINALS.get("_log") if getattr(run, "_attach_pid", None) == _pid else None
     if fn is not None:
-        fn(run, data, step=None if shared else step, commit=True)  # unpatched: no guard needed
+        fn(run, data, step=passed, commit=True)  # unpatched: no guard needed
         return step
     guard = GUARD
     outer = guard.active
     guard.active = True
     try:
-        ORIGINALS["log"](run, data, step=None if shared else step, commit=True)
+        ORIGINALS["log"](run, data, step=passed, commit=True)
     finally:
         guard.active = outer
     return step

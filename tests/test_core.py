@@ -165,6 +165,25 @@ class TestCommits:
         assert [(r[AXIS], r["_step"]) for r in got] == [(0, 0), (2, 2), (3, 3), (7, 7)]
         assert manager.get_stats()["step_jumps"] == 0
 
+    def test_only_a_jump_names_its_step_to_wandb(self, offline_run, monkeypatch):
+        """A row at wandb's next step lets wandb number it (skipping its step checks); a row
+        above it passes its step. Both land where they belong."""
+        run = offline_run()
+        manager = StepManager(run, flush_interval=QUIET)
+        original = stepsync._wandb.ORIGINALS["_log"]
+        passed: list[int | None] = []
+
+        def spy(run_: Any, data: Any, step: int | None = None, commit: Any = None) -> None:
+            passed.append(step)
+            original(run_, data, step=step, commit=commit)
+
+        monkeypatch.setitem(stepsync._wandb.ORIGINALS, "_log", spy)
+        for step in (0, 1, 5, 6):
+            with step_scope(step):
+                manager.log({"a": step})
+        assert passed == [None, None, 5, None]
+        assert [(r[AXIS], r["_step"]) for r in rows(run)] == [(0, 0), (1, 1), (5, 5), (6, 6)]
+
     def test_native_step_is_max_of_logical_and_last_plus_one(self, offline_run):
         """A late row takes the next native step; later rows keep native = max(logical, last+1)."""
         run = offline_run()
