@@ -24,7 +24,6 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-import wrapt
 from _harness import (
     SOURCES,
     Report,
@@ -165,10 +164,10 @@ def stepsync_loop(
 class Floor:
     """B1f: stepsync's shape with its guarantees taken out, to show what they cost in the loop.
 
-    A contextvar scope, a wrapt wrapper on ``Run.log`` that copies each call's dict into its
-    step's list under a lock, and one merged row (axis key included) per scope exit through
-    ``Run._log``. Left out: argument checks, priorities and collision rules, steps outside
-    scopes, late data, the idle timer, finished and disabled runs, more than one run.
+    A contextvar scope, a plain function on ``Run.log`` (as stepsync's) that copies each call's
+    dict into its step's list under a lock, and one merged row (axis key included) per scope exit
+    through stepsync's ``native_log``. Left out: argument checks, priorities and collision rules,
+    steps outside scopes, late data, the idle timer, finished and disabled runs, more than one run.
     """
 
     def __init__(self) -> None:
@@ -176,18 +175,21 @@ class Floor:
         self.lock = threading.Lock()
         self.pending: dict[int, list[dict[str, Any]]] = {}
         self.original = _wandb.ORIGINALS["log"]
-        self.wrapper = wrapt.FunctionWrapper(self.original, self.route)
+        pending, lock, current = self.pending, self.lock, self.step
 
-    def route(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> None:
-        data = dict(args[0])
-        step = self.step.get()
-        self.lock.acquire()
-        bucket = self.pending.get(step)
-        if bucket is None:
-            self.pending[step] = [data]
-        else:
-            bucket.append(data)
-        self.lock.release()
+        @functools.wraps(self.original)
+        def log(run: Any, data: Any, *args: Any, **kwargs: Any) -> None:
+            data = dict(data)
+            step = current.get()
+            lock.acquire()
+            bucket = pending.get(step)
+            if bucket is None:
+                pending[step] = [data]
+            else:
+                bucket.append(data)
+            lock.release()
+
+        self.wrapper = log
 
     def on(self) -> None:
         stepsync.unpatch()
@@ -203,7 +205,7 @@ class Floor:
             for key in keys:
                 _wandb.native_define_metric(run, key, step_metric=AXIS)
         floor = self
-        native_log = _wandb.ORIGINALS["_log"]
+        native_log = _wandb.native_log  # stepsync's own hand-off to Run._log
 
         class Scope:
             __slots__ = ("step", "token")
@@ -222,7 +224,7 @@ class Floor:
                     for data in entries:
                         merged |= data
                     merged[AXIS] = self.step
-                    native_log(run, merged, step=self.step, commit=True)
+                    native_log(run, merged, self.step)
 
         return stepsync_loop(run, steps, producers=False, scope=Scope)  # the same user code
 
