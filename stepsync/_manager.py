@@ -131,7 +131,9 @@ class StepManager:
         self._current: int | None = None
         # Orders update_step against scope entries (_scope.sequence); scopes entered before
         # this manager existed belong to earlier runs.
-        self._current_seq = next(_scope.sequence)
+        self._current_seq = self._created_seq = next(_scope.sequence)
+        #: The highest step this manager saw (data or ``update_step``); ``_closed_below()`` adds
+        #: the last scope's, so entering a scope writes nothing to any manager.
         self._frontier = -1
         self._flusher: threading.Thread | None = None
         self._wake = threading.Event()
@@ -143,12 +145,13 @@ class StepManager:
                 "key_conflicts",
                 "step_jumps",
                 "failed_flushes",
-                "wandb_calls",
-                "calls_saved",
                 "dropped_values",
             ),
             0,
         )
+        # Counted at every commit: attributes, a little cheaper than items of _stats.
+        self._wandb_calls = 0
+        self._calls_saved = 0
         #: Log calls no longer pending (committed, taken, dropped or refused): with the pending
         #: ones, ``total_logs``. Counted as they leave, a step at a time, not on every call.
         self._done_logs = 0
@@ -173,6 +176,13 @@ class StepManager:
         if scope is not None and scope[0] > self._current_seq:
             return scope[1]
         return self._current
+
+    def _closed_below(self) -> int:
+        """Steps below this one are closed: the highest step seen, or the last scope's step."""
+        scope = _scope.last_scope
+        if scope is not None and scope[0] > self._created_seq and scope[1] > self._frontier:
+            return scope[1]
+        return self._frontier
 
     @property
     def axis_key(self) -> str:
@@ -260,7 +270,8 @@ class StepManager:
         with self._lock:
             pending = self._entries + len(self._late_next)
             stats = {"total_logs": self._done_logs + pending, **self._stats}
-            stats["successful_flushes"] = stats["wandb_calls"]  # the seed tool's name for it
+            stats["wandb_calls"] = stats["successful_flushes"] = self._wandb_calls  # seed's name
+            stats["calls_saved"] = self._calls_saved
             stats["pending_steps"] = len(self._pending) + (1 if self._late_next else 0)
             stats["pending_entries"] = pending
         return stats
@@ -292,14 +303,15 @@ class StepManager:
         try:
             if new_keys:
                 self._new_keys = True
+            close = False
             if scope_step is not None:
+                target = scope_step
                 if step is not None and step != scope_step:
                     self._step_conflict(step, scope_step, producer[0])
-                target, close = scope_step, False
             elif step is not None:
-                target, close = step, False
+                target = step
             elif (current := self._current_step()) is not None:
-                target, close = current, False
+                target = current
             else:
                 # wandb's own auto-increment: the highest open step, else the next one; a
                 # commit (None/True) closes it, as plain wandb would.
@@ -401,6 +413,7 @@ class StepManager:
         with self._lock:
             marks, self._idle_marks = self._idle_marks, {}
             open_steps = set(_scope.open_scopes.values())
+            closed_below = self._closed_below()
             through = None
             idle = True
             for step in sorted(self._heap):
@@ -409,7 +422,7 @@ class StepManager:
                 if idle:
                     last = marks.get(step)
                     idle = (
-                        step < self._frontier
+                        step < closed_below
                         and step not in open_steps
                         and last is not None
                         and last[0] is bucket
@@ -423,7 +436,8 @@ class StepManager:
     def _commit_overflow(self) -> None:
         """Too many entries are pending: commit the lowest closed steps until under the limit."""
         heap = self._heap
-        while heap and self._entries > self._buffer_size and heap[0] < self._frontier:
+        closed_below = self._closed_below()
+        while heap and self._entries > self._buffer_size and heap[0] < closed_below:
             self._commit_through(heap[0])
 
     # ------------------------------------------------------------------- commits
@@ -450,7 +464,7 @@ class StepManager:
         stats = self._stats
         if collisions:
             stats["key_conflicts"] += collisions
-        stats["calls_saved"] += len(entries) - 1
+        self._calls_saved += len(entries) - 1
         merged[self._axis_key] = step
         if step > self._committed_through:
             self._committed_through = step
@@ -477,7 +491,7 @@ class StepManager:
         self._last_native = native
         if native != step:
             stats["step_jumps"] += 1
-        stats["wandb_calls"] += 1
+        self._wandb_calls += 1
 
     def _declare(self, row: Mapping[str, Any]) -> None:
         """Put each new key on the logical-step axis, unless the user gave it an axis."""
@@ -512,7 +526,7 @@ class StepManager:
             self._done_logs += len(entries)
             merged, collisions = merge(entries)
             self._stats["key_conflicts"] += collisions
-            self._stats["calls_saved"] += len(entries)  # the reduced row is then the one call
+            self._calls_saved += len(entries)  # the reduced row is then the one call
             return merged
 
     def _note_user_metric(self, name: str, step_metric: Any) -> None:

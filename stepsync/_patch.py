@@ -34,7 +34,6 @@ _DEFAULT_PRODUCER = ("wandb.log", 5)
 # Bound once: the routing wrapper reads them on every call.
 _GUARD = _wandb.GUARD
 _ATTR = _registry.ATTR
-_MISSING: Any = object()
 
 Function = Callable[..., Any]
 
@@ -47,14 +46,13 @@ def routing_log(original: Function) -> Function:
 
     @functools.wraps(original)
     def log(
-        run: Any, data: Any = _MISSING, step: Any = None, commit: Any = None, *more: Any, **kw: Any
+        run: Any, data: Any, step: Any = None, commit: Any = None, *more: Any, **kw: Any
     ) -> Any:
         global _warned_fallback
-        if more or kw or data is _MISSING or not _patched:
+        if more or kw or not _patched:
             # Arguments stepsync does not read (wandb decides what they mean, or rejects them),
             # or a bound method kept from before ``unpatch()``.
-            args = () if data is _MISSING else (data, step, commit)
-            return _wandb.call_native(original, run, *args, *more, **kw)
+            return _wandb.call_native(original, run, data, step, commit, *more, **kw)
         manager = run.__dict__.get(_ATTR)
         if manager is None:
             try:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
+import pytest
 import wandb
 from _wandb_helpers import records_of, rows_of, user_rows
 from wandb.sdk.wandb_run import Run
@@ -35,6 +39,29 @@ class TestPatchIdentity:
         captured({"b": 2}, step=1)  # natively dropped: proves the call was not routed
         rows = user_rows(rows_of(run))
         assert rows == [{"a": 1, "_step": 3}]
+
+    def test_the_patch_looks_like_wandbs_own_method(self, offline_run):
+        """Name, docstring, signature and wrong-argument errors are wandb's own, patched or not."""
+        run = offline_run()
+        bad_calls = (
+            lambda: run.log(),
+            lambda: run.log({"a": 1}, 1, True, 5, 6),
+            lambda: run.log({"a": 1}, bogus=1),
+        )
+
+        def describe() -> tuple[Any, ...]:
+            errors = []
+            for call in bad_calls:
+                with pytest.raises(TypeError) as caught:
+                    call()
+                errors.append(str(caught.value))
+            log = Run.__dict__["log"]
+            return log.__name__, log.__qualname__, log.__doc__, inspect.signature(log), errors
+
+        native = describe()
+        stepsync.patch()
+        assert Run.__dict__["log"].__wrapped__ is _wandb.ORIGINALS["log"]  # patched indeed
+        assert describe() == native
 
 
 class TestRouting:
