@@ -152,9 +152,7 @@ class StepManager:
         # Counted at every commit: attributes, a little cheaper than items of _stats.
         self._wandb_calls = 0
         self._calls_saved = 0
-        #: Log calls no longer pending (committed, taken, dropped or refused): with the pending
-        #: ones, ``total_logs``. Counted as they leave, a step at a time, not on every call.
-        self._done_logs = 0
+        self._refused = 0  # late="raise" calls (total_logs is the sum of where calls went)
         self._dropped_steps: tuple[int, int] | None = None
         self._dropped_reported = 0
 
@@ -237,7 +235,6 @@ class StepManager:
             if self._late_next:
                 # late="next" data with no later step to ride on: an extra row at the last step.
                 entries, self._late_next = self._late_next, []
-                self._done_logs += len(entries)
                 self._commit_step(self._committed_through, entries)
 
     def finalize(self) -> None:
@@ -269,12 +266,21 @@ class StepManager:
         """Counters since the manager was created (see README, "Statistics")."""
         with self._lock:
             pending = self._entries + len(self._late_next)
-            stats = {"total_logs": self._done_logs + pending, **self._stats}
+            stats = {"total_logs": self._total_logs(pending), **self._stats}
             stats["wandb_calls"] = stats["successful_flushes"] = self._wandb_calls  # seed's name
             stats["calls_saved"] = self._calls_saved
             stats["pending_steps"] = len(self._pending) + (1 if self._late_next else 0)
             stats["pending_entries"] = pending
         return stats
+
+    def _total_logs(self, pending: int) -> int:
+        """Every call went somewhere: pending, into a row (or a failed one), dropped or refused.
+
+        Counting them where they went keeps the per-call path free of a counter.
+        """
+        stats = self._stats
+        committed = self._calls_saved + self._wandb_calls + stats["failed_flushes"]
+        return pending + committed + stats["dropped_logs"] + self._refused
 
     # -------------------------------------------------------------- the log path
 
@@ -361,7 +367,6 @@ class StepManager:
             stats["step_conflicts"] += 1
             self._late_next.append(entry)
             return False
-        self._done_logs += 1
         if policy == "drop":
             stats["dropped_logs"] += 1
             stats["dropped_values"] += len(entry[1])
@@ -370,6 +375,7 @@ class StepManager:
             if logger.isEnabledFor(logging.DEBUG):
                 logger.debug("stepsync: dropped late data from %s for step %d", source, step)
         else:
+            self._refused += 1
             raise LateStepError(step, self._committed_through)
         return False
 
@@ -455,7 +461,6 @@ class StepManager:
             if self._late_next:
                 entries = self._late_next + entries
                 self._late_next = []
-            self._done_logs += len(entries)
             self._commit_step(step, entries)
 
     def _commit_step(self, step: int, entries: list[Entry]) -> None:
@@ -523,7 +528,6 @@ class StepManager:
             self._heap.remove(step)
             heapq.heapify(self._heap)
             self._entries -= len(entries)
-            self._done_logs += len(entries)
             merged, collisions = merge(entries)
             self._stats["key_conflicts"] += collisions
             self._calls_saved += len(entries)  # the reduced row is then the one call

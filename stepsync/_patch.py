@@ -33,7 +33,6 @@ _warned_fallback = False
 _DEFAULT_PRODUCER = ("wandb.log", 5)
 # Bound once: the routing wrapper reads them on every call.
 _GUARD = _wandb.GUARD
-_ATTR = _registry.ATTR
 
 Function = Callable[..., Any]
 
@@ -53,8 +52,9 @@ def routing_log(original: Function) -> Function:
             # Arguments stepsync does not read (wandb decides what they mean, or rejects them),
             # or a bound method kept from before ``unpatch()``.
             return _wandb.call_native(original, run, data, step, commit, *more, **kw)
-        manager = run.__dict__.get(_ATTR)
-        if manager is None:
+        try:
+            manager = run._stepsync_manager  # _registry.ATTR: a plain attribute read
+        except AttributeError:  # the run's first call
             try:
                 manager = _registry.get_manager(run)
             except Exception:
