@@ -271,7 +271,7 @@ def measure_core(args: Any, report: Report) -> dict[str, float]:
     sink_run = new_run("sink")
     # Fresh runs each round: one run can be a few percent faster than another for the same
     # loop (B1aa shows it), so the repetitions are spread over several sets of runs.
-    rounds = 1 if args.quick else 3
+    rounds = 1 if args.quick else -(-args.reps // 2)  # two repetitions a round: one each order
     reps = -(-args.reps // rounds)  # per round, rounded up
     times: dict[str, list[Timing]] = {}
     floor = Floor()
