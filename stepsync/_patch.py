@@ -125,12 +125,11 @@ def patch() -> None:
             if (original := run_class.__dict__.get(name)) is not None
         }
         routed_log = routing_log(originals["log"])
-        wrappers = {
-            "log": routed_log,
-            "define_metric": recording_define_metric(originals["define_metric"]),
-        }
+        wrappers = {"log": routed_log}
         if "_log" in originals:
             wrappers["_log"] = routing_private_log(originals["_log"], routed_log)
+        if "define_metric" in originals:
+            wrappers["define_metric"] = recording_define_metric(originals["define_metric"])
         for name, wrapper in wrappers.items():
             _saved[name] = _wandb.ORIGINALS[name] = originals[name]
             setattr(run_class, name, wrapper)
