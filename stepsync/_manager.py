@@ -131,9 +131,8 @@ class StepManager:
         self._current: int | None = None
         # Orders update_step against scope entries (_scope.sequence); scopes entered before
         # this manager existed belong to earlier runs.
-        self._current_seq = self._created_seq = next(_scope.sequence)
-        #: The highest step this manager saw (data or ``update_step``); ``_closed_below()`` adds
-        #: the last scope's, so entering a scope writes nothing to any manager.
+        self._current_seq = next(_scope.sequence)
+        #: The highest step seen (data, ``update_step``, scopes): steps below it are closed.
         self._frontier = -1
         self._flusher: threading.Thread | None = None
         self._wake = threading.Event()
@@ -174,13 +173,6 @@ class StepManager:
         if scope is not None and scope[0] > self._current_seq:
             return scope[1]
         return self._current
-
-    def _closed_below(self) -> int:
-        """Steps below this one are closed: the highest step seen, or the last scope's step."""
-        scope = _scope.last_scope
-        if scope is not None and scope[0] > self._created_seq and scope[1] > self._frontier:
-            return scope[1]
-        return self._frontier
 
     @property
     def axis_key(self) -> str:
@@ -419,7 +411,6 @@ class StepManager:
         with self._lock:
             marks, self._idle_marks = self._idle_marks, {}
             open_steps = set(_scope.open_scopes.values())
-            closed_below = self._closed_below()
             through = None
             idle = True
             for step in sorted(self._heap):
@@ -428,7 +419,7 @@ class StepManager:
                 if idle:
                     last = marks.get(step)
                     idle = (
-                        step < closed_below
+                        step < self._frontier
                         and step not in open_steps
                         and last is not None
                         and last[0] is bucket
@@ -442,8 +433,7 @@ class StepManager:
     def _commit_overflow(self) -> None:
         """Too many entries are pending: commit the lowest closed steps until under the limit."""
         heap = self._heap
-        closed_below = self._closed_below()
-        while heap and self._entries > self._buffer_size and heap[0] < closed_below:
+        while heap and self._entries > self._buffer_size and heap[0] < self._frontier:
             self._commit_through(heap[0])
 
     # ------------------------------------------------------------------- commits

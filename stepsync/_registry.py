@@ -20,8 +20,8 @@ _lock = threading.Lock()
 #: Guards the rebuilding of ``live`` (a manager may register while ``_lock`` is held). Re-entrant:
 #: the weakref callback can run from garbage collection inside a rebuild in the same thread.
 _live_lock = threading.RLock()
-#: The managers of unfinished runs, as weak references in a tuple: leaving a scope iterates it
-#: once a step, and iterating a tuple is ~10x cheaper than a WeakSet.
+#: The managers of unfinished runs, as weak references in a tuple: entering and leaving a scope
+#: iterate it, and iterating a tuple is ~10x cheaper than a WeakSet.
 live: tuple[weakref.ref[StepManager], ...] = ()
 _exit_hook_registered = False
 
@@ -55,7 +55,7 @@ def get_manager(run: Any = None) -> StepManager:
 
 
 def register(manager: StepManager, run: Any) -> None:
-    """Attach ``manager`` to ``run``, make it live (scope exits commit it); flush it at exit."""
+    """Attach ``manager`` to ``run``, make it live (scopes reach it); flush it at exit."""
     global _exit_hook_registered, live
     run.__dict__[ATTR] = manager
     with _live_lock:
@@ -68,7 +68,7 @@ def register(manager: StepManager, run: Any) -> None:
 
 
 def unregister(manager: StepManager) -> None:
-    """``manager`` is no longer live: its run finished, scope exits leave it alone."""
+    """``manager`` is no longer live: its run finished, scopes leave it alone."""
     global live
     with _live_lock:
         live = tuple(ref for ref in live if ref() is not manager)

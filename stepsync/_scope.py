@@ -71,10 +71,16 @@ class _StepScope:
         self._outermost = outermost = ACTIVE_STEP.get() != step
         self._token = ACTIVE_STEP.set(step)
         if outermost:
-            # No lock: each is one dict or global operation, atomic under the GIL. Managers
-            # read the current step from ``last_scope`` when they need it.
+            # No lock: each is one dict, global or int operation, atomic under the GIL. Managers
+            # read the current step from ``last_scope``; a scope only raises each one's frontier
+            # (steps below it are closed). A race with another thread can only leave a frontier
+            # lower, so a closed step waits a little longer for its commit; nothing is lost.
             open_scopes[self] = step
             last_scope = (next(sequence), step)
+            for ref in _registry.live:
+                manager = ref()
+                if manager is not None and step > manager._frontier:
+                    manager._frontier = step
         return step
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

@@ -285,6 +285,23 @@ class TestBufferAndBackgroundFlush:
         manager.flush()
         assert [r[AXIS] for r in rows(run)] == [0, 1, 2, 3]
 
+    def test_any_scope_entered_closes_the_steps_below_it(self, offline_run):
+        """A step below a scope entered earlier is closed, even when a lower scope came since
+        (an evaluation of an older step inside training): overflow commits it."""
+        run = offline_run()
+        manager = StepManager(run, buffer_size=1, flush_interval=QUIET)
+        with step_scope(5), step_scope(3):
+
+            def callback() -> None:  # a thread outside any scope, logging with its own step
+                manager.log({"cb": 1}, step=4)
+                manager.log({"cb2": 2}, step=4)  # 2 entries > 1: step 4, below 5, goes
+
+            worker = threading.Thread(target=callback)
+            worker.start()
+            worker.join()
+            assert manager.get_stats()["pending_steps"] == 0
+        assert [(r[AXIS], r.get("cb")) for r in rows(run)] == [(4, 1)]
+
     def test_open_step_is_never_split_by_overflow(self, offline_run):
         """Entries of the open (highest) step stay together past buffer_size: one row."""
         run = offline_run()
