@@ -72,13 +72,7 @@ def native_log(run: Any, data: Mapping[str, Any], step: int, shared: bool = Fals
     if fn is not None:
         fn(run, data, step=passed, commit=True)  # unpatched: no guard needed
         return step
-    guard = GUARD
-    outer = guard.active
-    guard.active = True
-    try:
-        ORIGINALS["log"](run, data, step=passed, commit=True)
-    finally:
-        guard.active = outer
+    call_native(ORIGINALS["log"], run, data, step=passed, commit=True)
     return step
 
 
