@@ -1,0 +1,79 @@
+"""Capture a logged value at the call: what lands is what ``log`` received, whatever happens next.
+
+wandb serializes every value in the caller's thread, inside ``log``; stepsync commits later, so it
+takes the same snapshot at the call: scalars, strings and wandb's own objects (media, tables,
+charts: snapshots already) pass as they are, mappings are copied key by key, and anything else
+goes through wandb's own JSON conversion (``json_dumps_safer_history``: arrays, tensors moved to
+the CPU, sets, dates ...). A value that conversion refuses raises wandb's own ``TypeError`` here,
+at the call, as it would natively.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from wandb.util import json_dumps_safer_history
+
+#: Immutable values that wandb stores as they are.
+_PLAIN = frozenset({int, float, str, bool, type(None)})
+
+
+def capture(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A private copy of ``data`` that later changes to the caller's objects cannot reach."""
+    copy = dict(data)
+    if not _PLAIN.issuperset(map(type, copy.values())):
+        for key, value in copy.items():
+            if type(value) not in _PLAIN:
+                copy[key] = _capture_value(value)
+    return copy
+
+
+def _capture_value(value: Any) -> Any:
+    kind = type(value)
+    if kind in _PLAIN or (kind.__module__.startswith(("wandb.", "numpy")) and _is_immutable(value)):
+        return value
+    if isinstance(value, Mapping):
+        return {key: _capture_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)) and value and all(_is_wandb(item) for item in value):
+        return list(value)  # a list of media: wandb logs it as one media sequence
+    if _converted_by_wandb_later(value):
+        return _to_wandb_media(value)
+    # The conversion wandb applies when it writes the row, done now: plain JSON is immutable
+    # for our purposes (nobody else holds it) and gives the same text when wandb encodes it.
+    return json.loads(json_dumps_safer_history(value))
+
+
+def _is_wandb(value: Any) -> bool:
+    return type(value).__module__.startswith("wandb.")
+
+
+def _is_immutable(value: Any) -> bool:
+    """wandb's own objects (snapshots when made) and numpy scalars; numpy arrays are mutable."""
+    if _is_wandb(value):
+        return True
+    import numpy
+
+    return isinstance(value, numpy.generic)
+
+
+def _converted_by_wandb_later(value: Any) -> bool:
+    """A pandas DataFrame, a matplotlib or plotly figure: wandb turns it into media at the call."""
+    from wandb import util
+
+    typename = util.get_full_typename(value)
+    return (
+        util.is_pandas_data_frame(value)
+        or util.is_matplotlib_typename(typename)
+        or util.is_plotly_typename(typename)
+    )
+
+
+def _to_wandb_media(value: Any) -> Any:
+    import wandb
+    from wandb.sdk.data_types.plotly import Plotly
+
+    if wandb.util.is_pandas_data_frame(value):
+        return wandb.Table(dataframe=value)
+    return Plotly.make_plot_media(value)
