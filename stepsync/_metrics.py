@@ -1,0 +1,165 @@
+"""The user's metric definitions, and stepsync's axis declarations, which only ever add to them.
+
+wandb-core combines definitions this way (``runmetric``, wandb 0.31): a definition by name beats
+every glob; a later definition of a name merges with the earlier one unless ``overwrite=True``
+(the step metric becomes the last one given, ``hidden`` and ``step_sync`` are ORed, summary
+options are added). So stepsync declares nothing while every row's native step equals its
+logical step: the run looks exactly like the native one. From the first row where the two differ
+(the *switch*), each key is declared by name with ``step_metric=<axis>, step_sync=False``,
+carrying the options of the user's glob that matched it (a declaration by name would otherwise
+hide that glob), and never for a key the user put on an axis of their own or uses as an axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+#: One declaration to make: the metric's name and ``define_metric`` keyword arguments.
+Declaration = tuple[str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Definition:
+    """What the user's ``define_metric`` calls for one name or glob add up to."""
+
+    step_metric: str | None = None
+    step_sync: bool = False
+    hidden: bool = False
+    summary: frozenset[str] = field(default_factory=frozenset)
+
+    def merged(self, later: Definition) -> Definition:
+        """wandb-core's merge of a later definition into this one (without ``overwrite``)."""
+        return Definition(
+            step_metric=later.step_metric or self.step_metric,
+            step_sync=self.step_sync or later.step_sync,
+            hidden=self.hidden or later.hidden,
+            summary=self.summary | later.summary,
+        )
+
+
+class MetricDefinitions:
+    """Tracks the user's definitions of one run and says what stepsync must declare, and when."""
+
+    def __init__(self, axis_key: str) -> None:
+        self._axis = axis_key
+        self._names: dict[str, Definition] = {}
+        self._globs: dict[str, Definition] = {}  # prefix (the name without its `*`) -> definition
+        self._step_keys: set[str] = set()  # every key the user named as a step metric
+        self._declared: set[str] = set()  # keys stepsync put on its axis
+        #: True from the first row whose native step differs from its logical step.
+        self.switched = False
+
+    def user_defined(
+        self,
+        name: str,
+        *,
+        step_metric: str | None = None,
+        step_sync: bool | None = None,
+        hidden: bool | None = None,
+        summary: str | None = None,
+        overwrite: bool | None = None,
+    ) -> list[Declaration]:
+        """Record one ``define_metric`` of the user's; return what stepsync must declare again."""
+        ops = frozenset(op.strip().lower() for op in summary.split(",")) if summary else None
+        definition = Definition(
+            step_metric=step_metric,
+            # wandb's own default: step_sync is on when a step metric is given
+            step_sync=bool(step_sync) if step_sync is not None else step_metric is not None,
+            hidden=bool(hidden),
+            summary=ops or frozenset(),
+        )
+        glob = name.endswith("*")
+        table, key = (self._globs, name[:-1]) if glob else (self._names, name)
+        table[key] = definition if overwrite else table.get(key, Definition()).merged(definition)
+        redo: set[str] = set()
+        if step_metric is not None:
+            self._step_keys.add(step_metric)
+            if step_metric in self._declared:  # stepsync had put the user's own axis on its axis
+                redo.add(step_metric)
+        if glob:
+            redo.update(k for k in self._declared if k.startswith(key) and k not in self._names)
+        elif name in self._declared and overwrite:
+            redo.add(name)  # the user's overwrite removed stepsync's axis from the name
+        if not self.switched:
+            return []
+        return [d for k in sorted(redo) if (d := self._redeclaration(k)) is not None]
+
+    def switch(self, keys: Iterable[str]) -> list[Declaration]:
+        """The first row whose native step differs: every key so far goes on the axis."""
+        self.switched = True
+        return [(self._axis, {}), *self.new_keys(keys)]
+
+    def new_keys(self, keys: Iterable[str]) -> list[Declaration]:
+        """Declarations for keys committed for the first time (after the switch)."""
+        declarations = []
+        for key in keys:
+            if key in self._declared or key == self._axis or key.startswith("_"):
+                continue
+            options = self._axis_options(key)
+            if options is not None:
+                self._declared.add(key)
+                declarations.append((key, options))
+        return declarations
+
+    def summary_of(self, key: str) -> frozenset[str]:
+        """The summary options the user set for ``key`` (empty: wandb's default, the last value)."""
+        definition = self._effective(key)
+        return definition.summary if definition is not None else frozenset()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _effective(self, key: str) -> Definition | None:
+        """The user's definition that applies to ``key``: by name, else the longest glob."""
+        definition = self._names.get(key)
+        if definition is not None:
+            return definition
+        prefixes = [prefix for prefix in self._globs if key.startswith(prefix)]
+        return self._globs[max(prefixes, key=len)] if prefixes else None
+
+    def _axis_options(self, key: str) -> dict[str, Any] | None:
+        """How stepsync declares ``key``, or None when the user's own axis applies to it."""
+        if key in self._step_keys:
+            return None
+        by_name = self._names.get(key)
+        if by_name is not None:
+            # merges with the user's definition: only the step metric is added
+            return None if by_name.step_metric else {"step_metric": self._axis, "step_sync": False}
+        definition = self._effective(key)
+        if definition is None:
+            return {"step_metric": self._axis, "step_sync": False}
+        if definition.step_metric:
+            return None  # the user's glob puts the key on their axis
+        # A definition by name would hide the user's glob: carry its options.
+        return _options(replace(definition, step_metric=self._axis, step_sync=False))
+
+    def _redeclaration(self, key: str) -> Declaration | None:
+        """Declare ``key`` again after a user definition changed what applies to it."""
+        self._declared.discard(key)
+        options = self._axis_options(key)
+        if key in self._names and key not in self._step_keys:
+            # The user's own definition by name: stepsync's merges into it (adds the axis only).
+            if options is None:
+                return None
+            self._declared.add(key)
+            return key, options
+        if options is not None:  # stepsync's copy of a glob's options: replaced whole
+            self._declared.add(key)
+            return key, {**options, "overwrite": True}
+        # No stepsync axis any more: what the user's own definitions give the key.
+        definition = self._effective(key) or Definition()
+        return key, {**_options(definition), "overwrite": True}
+
+
+def _options(definition: Definition) -> dict[str, Any]:
+    """``define_metric`` keyword arguments for ``definition``."""
+    options: dict[str, Any] = {
+        "step_metric": definition.step_metric,
+        "step_sync": definition.step_sync,
+    }
+    if definition.hidden:
+        options["hidden"] = True
+    if definition.summary:
+        options["summary"] = ",".join(sorted(definition.summary))
+    return options
