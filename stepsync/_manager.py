@@ -16,16 +16,19 @@ from operator import itemgetter
 from typing import Any, Literal
 
 from stepsync import _registry, _scope, _wandb
+from stepsync._capture import capture
 from stepsync._config import check_option
 from stepsync._context import ACTIVE_PRODUCER, ACTIVE_STEP
 from stepsync._errors import LateStepError
+from stepsync._metrics import Declaration, MetricDefinitions
+from stepsync._summary import SummaryKeeper
 from stepsync._validate import check_data, check_priority, check_step
 
 logger = logging.getLogger("stepsync")
 
 LatePolicy = Literal["axis", "next", "drop", "raise"]
 
-#: One pending log call: its priority and a private copy of its data.
+#: One pending log call: its priority and its data as captured at the call.
 Entry = tuple[int, dict[str, Any]]
 
 _by_priority = itemgetter(0)
@@ -42,7 +45,7 @@ def merge(entries: list[Entry]) -> tuple[dict[str, Any], int]:
     dict and the number of key collisions.
     """
     if len(entries) == 1:
-        return entries[0][1], 0  # already a private copy
+        return entries[0][1], 0  # already a private copy (captured at the call)
     merged: dict[str, Any] = {}
     written = 0
     for _, data in entries:
@@ -102,22 +105,30 @@ class StepManager:
         # wandb.init(mode="disabled") gives a run that keeps nothing: logging to it is a no-op.
         self._noop = _wandb.is_disabled(run)
         self._shared = _wandb.is_shared(run)
+        # TensorBoard sync: wandb numbers every row itself and drops nothing as late, so
+        # stepsync has nothing to fix and passes each call on as it came.
+        self._passthrough = not self._noop and _wandb.wandb_owns_step()
         self._lock = threading.RLock()
         self._reset_state()
         next_step = 0 if self._noop else _wandb.starting_step(run)
         self._committed_through = next_step - 1
         self._last_native = next_step - 1
-        self._declared: set[str] = set()
-        #: Keys checked to be strings and already declared on the axis: a call whose keys are
-        #: all known skips both the check and, at its commit, the look for keys to declare.
+        #: Every key committed so far (what the axis switch declares).
+        self._committed_keys: set[str] = set()
+        #: Keys checked to be strings and already committed once: a call whose keys are all
+        #: known skips both the check and, at its commit, the look for new keys.
         self._known_keys: set[str] = set()
         #: A pending entry has keys that are not known yet: the next commits look for new keys.
-        self._new_keys = True  # the axis key itself, at the first commit
-        self._user_axes: dict[str, str] = {}
-        self._user_globs: list[str] = []
-        #: True once the per-call path must look closer: a disabled run, or ``finish()`` began
-        #: (wandb then refuses ``log``) or cannot be watched; one attribute read while False.
-        self._closing = self._noop or not _wandb.add_finish_hook(run, self._on_run_finish)
+        self._new_keys = True
+        self._metrics = MetricDefinitions(self._axis_key)
+        self._summary = SummaryKeeper(run, self._metrics)
+        #: True when the per-call path must look closer: a disabled run, TensorBoard sync, or
+        #: ``finish()`` began (wandb then refuses ``log``) or cannot be watched.
+        self._closing = (
+            self._noop or self._passthrough or not _wandb.add_finish_hook(run, self._on_run_finish)
+        )
+        if not self._closing:
+            _wandb.before_summary_reads(run, self._before_summary_read)
         _registry.register(self, run)
 
     def _reset_state(self) -> None:
@@ -126,6 +137,8 @@ class StepManager:
         # What the timer saw of each pending bucket at its last tick; unchanged since = idle.
         self._idle_marks: dict[int, tuple[list[Entry], int]] = {}
         self._heap: list[int] = []
+        #: Extra rows of a pending step, committed right after it (see ``_collides``).
+        self._extra_rows: dict[int, list[Entry]] = {}
         self._entries = 0
         self._late_next: list[Entry] = []
         self._current: int | None = None
@@ -144,6 +157,7 @@ class StepManager:
                 "key_conflicts",
                 "step_jumps",
                 "failed_flushes",
+                "failed_values",
                 "dropped_values",
             ),
             0,
@@ -173,6 +187,23 @@ class StepManager:
         if scope is not None and scope[0] > self._current_seq:
             return scope[1]
         return self._current
+
+    def wandb_step(self) -> int | None:
+        """``run.step`` as plain wandb would report it for the calls made so far.
+
+        That is the step still open, else the one after the last committed (what a step-less
+        ``log`` would write to); None when wandb's own answer applies (it owns the step).
+        """
+        if self._noop or self._passthrough or self._shared:
+            return None
+        with self._lock:
+            return max(self._frontier, self._committed_through + 1)
+
+    def user_defined_metric(self, name: str, **options: Any) -> None:
+        """The user called ``define_metric``: keep stepsync's declarations from overriding it."""
+        with self._lock:
+            redo = self._metrics.user_defined(name, **options)
+            self._declare(redo)
 
     @property
     def axis_key(self) -> str:
@@ -252,6 +283,7 @@ class StepManager:
         """``run.finish()`` began: commit everything, then leave the scope notifications."""
         self._closing = True
         self.finalize()
+        self._summary.at_finish()
         _registry.unregister(self)
 
     def get_stats(self) -> dict[str, int]:
@@ -289,12 +321,11 @@ class StepManager:
             data = check_data(data)
         if step is not None:
             step = check_step(step)
-        if self._closing:
-            if self._noop:
-                return
-            if getattr(self._run, "_is_finished", False):  # wandb refuses log() after finish()
-                raise _run_finished_error(self._run)
-        entry: Entry = (producer[1], dict(data))
+        if (self._closing or _wandb.PATCHES.get("tensorboard")) and self._not_buffered(
+            data, step, commit
+        ):
+            return
+        entry: Entry = (producer[1], capture(data))
         scope_step = ACTIVE_STEP.get()
         lock = self._lock
         lock.acquire()  # not `with`: ~0.1 us less a call
@@ -308,6 +339,7 @@ class StepManager:
                     self._step_conflict(step, scope_step, producer[0])
             elif step is not None:
                 target = step
+                close = bool(commit)  # an explicit step with commit=True closes it, as in wandb
             elif (current := self._current_step()) is not None:
                 target = current
             else:
@@ -328,6 +360,15 @@ class StepManager:
                     self._frontier = target
                 if self._flusher is None and not close:  # a step left pending: start the timer
                     self._ensure_flusher()
+            elif (
+                scope_step is None
+                and target < self._frontier
+                and _collides(bucket, entry)
+                and target not in _scope.open_scopes.values()
+            ):
+                # The step is closed (wandb would have written its row): a second value for a
+                # key it holds must not replace the first one. It becomes a row of its own.
+                self._extra_rows.setdefault(target, []).append(entry)
             else:
                 bucket.append(entry)
             self._entries += 1
@@ -337,6 +378,39 @@ class StepManager:
                 self._commit_overflow()
         finally:
             lock.release()
+
+    def _not_buffered(self, data: Mapping[str, Any], step: int | None, commit: bool | None) -> bool:
+        """A disabled run, a finished one (raises, as wandb), or one whose step wandb owns."""
+        if self._noop:
+            return True
+        if getattr(self._run, "_is_finished", False):  # wandb refuses log() after finish()
+            raise _run_finished_error(self._run)
+        if self._passthrough or _wandb.wandb_owns_step():
+            if not self._passthrough:
+                self._start_passthrough()
+            _wandb.call_native(_wandb.ORIGINALS["log"], self._run, data, step, commit)
+            return True
+        return False
+
+    def _start_passthrough(self) -> None:
+        """TensorBoard sync began mid-run: hand wandb what is pending, as plain calls would have.
+
+        The closed steps become rows; the highest step's data joins wandb's open row
+        (``commit=False``), as it would have natively, instead of becoming a row of its own.
+        """
+        with self._lock:
+            self._passthrough = self._closing = True
+            self._wake.set()
+            self._flusher = None
+            if not self._pending:
+                return
+            highest = max(self._pending)
+            self._commit_through(highest - 1)
+            entries = self._pending.pop(highest) + self._extra_rows.pop(highest, [])
+            self._heap.remove(highest)
+            self._entries -= len(entries)
+            row, _ = merge(entries)
+        _wandb.call_native(_wandb.ORIGINALS["log"], self._run, row, None, False)
 
     def _step_conflict(self, step: int, scope_step: int, source: str) -> None:
         self._stats["step_conflicts"] += 1
@@ -430,6 +504,21 @@ class StepManager:
             if through is not None:
                 self._commit_through(through)
 
+    def _before_summary_read(self) -> None:
+        """User code reads ``run.summary``: commit the closed steps first, as wandb would have."""
+        try:
+            with self._lock:
+                open_steps = set(_scope.open_scopes.values())
+                through = None
+                for step in sorted(self._heap):
+                    if step >= self._frontier or step in open_steps:
+                        break
+                    through = step
+                if through is not None:
+                    self._commit_through(through)
+        except Exception:
+            logger.exception("stepsync: could not commit closed steps before a summary read")
+
     def _commit_overflow(self) -> None:
         """Too many entries are pending: commit the lowest closed steps until under the limit."""
         heap = self._heap
@@ -452,6 +541,9 @@ class StepManager:
                 entries = self._late_next + entries
                 self._late_next = []
             self._commit_step(step, entries)
+            for extra in self._extra_rows.pop(step, ()):
+                self._entries -= 1
+                self._commit_step(step, [extra])
 
     def _commit_step(self, step: int, entries: list[Entry]) -> None:
         """Write one merged row for logical ``step`` through wandb's own ``log``."""
@@ -461,19 +553,21 @@ class StepManager:
             stats["key_conflicts"] += collisions
         self._calls_saved += len(entries) - 1
         merged[self._axis_key] = step
-        if step > self._committed_through:
+        late = step <= self._committed_through
+        if not late:
             self._committed_through = step
         # the row's native step: at least max(step, last native + 1); wandb may raise it further
         native = self._last_native + 1
         if step > native:
             native = step
+        new_keys: list[str] = []
+        if self._new_keys:
+            new_keys = [key for key in merged if key not in self._committed_keys]
+            if not self._pending and not self._late_next:
+                self._new_keys = False  # every entry left has known keys
+        overwritten = self._summary.before_late_row(step, merged) if late else None
         try:
-            if self._new_keys:
-                if not self._declared.issuperset(merged):
-                    self._declare(merged)
-                if not self._pending and not self._late_next:
-                    self._new_keys = False  # every entry left has known keys
-            native = _wandb.native_log(self._run, merged, native, self._shared)
+            native = self._write_row(step, merged, native)
         except Exception:
             stats["failed_flushes"] += 1
             logger.exception(
@@ -484,29 +578,46 @@ class StepManager:
             )
             return
         self._last_native = native
+        self._wandb_calls += 1
+        self._remember_keys(new_keys)
         if native != step:
             stats["step_jumps"] += 1
-        self._wandb_calls += 1
+            if not self._metrics.switched:
+                self._declare(self._metrics.switch(self._committed_keys))
+        if new_keys and self._metrics.switched:
+            self._declare(self._metrics.new_keys(new_keys))
+        self._summary.after_row(step, merged, late, overwritten)
 
-    def _declare(self, row: Mapping[str, Any]) -> None:
-        """Put each new key on the logical-step axis, unless the user gave it an axis."""
-        declared = self._declared
-        new = [key for key in row if key not in declared]
-        if not new:
-            return
-        run = self._run
-        axis = self._axis_key
+    def _write_row(self, step: int, row: dict[str, Any], native: int) -> int:
+        """Commit ``row``; a value wandb refuses costs only its own key (reported at ERROR)."""
+        try:
+            return _wandb.native_log(self._run, row, native, self._shared)
+        except Exception:
+            bad = _wandb.unserializable_keys(self._run, row, native)
+            if not bad or len(bad) >= len(row) - 1:  # nothing but the axis key would be left
+                raise
+        logger.error(
+            "stepsync: wandb cannot serialize %s at step %d; the rest of the row is kept",
+            ", ".join(repr(key) for key in bad),
+            step,
+        )
+        self._stats["failed_values"] += len(bad)
+        kept = {key: value for key, value in row.items() if key not in bad}
+        return _wandb.native_log(self._run, kept, native, self._shared)
+
+    def _remember_keys(self, keys: list[str]) -> None:
         known = self._known_keys
-        for key in new:
-            declared.add(key)
+        for key in keys:
+            self._committed_keys.add(key)
             if len(known) < KNOWN_KEYS_MAX:
                 known.add(key)
-            if key.startswith("_") or key in self._user_axes:
-                continue
-            if key == axis:
-                _wandb.native_define_metric(run, axis)
-            elif not any(key.startswith(glob) for glob in self._user_globs):
-                _wandb.native_define_metric(run, key, step_metric=axis)
+
+    def _declare(self, declarations: list[Declaration]) -> None:
+        for name, options in declarations:
+            try:
+                _wandb.native_define_metric(self._run, name, **options)
+            except Exception:
+                logger.exception("stepsync: could not declare %r on the logical-step axis", name)
 
     def _take_step(self, step: int) -> dict[str, Any]:
         """Remove and merge the pending values of ``step`` (``stepsync.distributed`` reduces them
@@ -517,32 +628,12 @@ class StepManager:
                 return {}
             self._heap.remove(step)
             heapq.heapify(self._heap)
+            entries += self._extra_rows.pop(step, [])
             self._entries -= len(entries)
             merged, collisions = merge(entries)
             self._stats["key_conflicts"] += collisions
             self._calls_saved += len(entries)  # the reduced row is then the one call
             return merged
-
-    def _note_user_metric(self, name: str, step_metric: Any) -> None:
-        """Record a ``define_metric`` of the user's, so stepsync leaves that key's axis alone."""
-        if step_metric is None:
-            return
-        with self._lock:
-            if name.endswith("*"):
-                self._user_globs.append(name[:-1])
-            else:
-                self._user_axes[name] = str(step_metric)
-
-    def _flush_before_fork(self) -> None:
-        """Commit what is pending, unless another thread is inside the manager right now."""
-        if not self._pending or not self._lock.acquire(blocking=False):
-            return
-        try:
-            self.flush()
-        except Exception:  # a fork must never fail because of logging bookkeeping
-            logger.exception("stepsync: could not flush before fork")
-        finally:
-            self._lock.release()
 
     def _reset_after_fork(self) -> None:
         """In a fork child: a fresh lock and no pending data (the parent owns it)."""
@@ -550,6 +641,12 @@ class StepManager:
         committed, last_native = self._committed_through, self._last_native
         self._reset_state()
         self._committed_through, self._last_native = committed, last_native
+
+
+def _collides(bucket: list[Entry], entry: Entry) -> bool:
+    """True when ``entry`` writes a key that an entry of ``bucket`` already holds."""
+    data = entry[1]
+    return any(not held.keys().isdisjoint(data) for _, held in bucket)
 
 
 def _run_finished_error(run: Any) -> Exception:

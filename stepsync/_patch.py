@@ -86,16 +86,15 @@ def routing_private_log(original: Function, routed_log: Function) -> Function:
 
 
 def recording_define_metric(original: Function) -> Function:
-    """``Run.define_metric`` that remembers the user's own axes: stepsync never overrides them."""
+    """``Run.define_metric`` that tells the run's manager: stepsync never overrides the user."""
 
     @functools.wraps(original)
     def define_metric(run: Any, *args: Any, **kwargs: Any) -> Any:
-        result = original(run, *args, **kwargs)
+        result = original(run, *args, **kwargs)  # wandb checks the arguments first
         if _patched and not _GUARD.active:
             try:
-                name, step_metric = _define_metric_args(*args, **kwargs)
-                if isinstance(name, str):
-                    _registry.get_manager(run)._note_user_metric(name, step_metric)
+                name, options = _define_metric_args(*args, **kwargs)
+                _registry.get_manager(run).user_defined_metric(name, **options)
             except Exception:
                 logger.debug("stepsync: could not record define_metric", exc_info=True)
         return result
@@ -103,12 +102,43 @@ def recording_define_metric(original: Function) -> Function:
     return define_metric
 
 
+def routing_step(original: property) -> property:
+    """``Run.step``: the step plain wandb would report for the calls made so far.
+
+    stepsync holds rows back, so wandb's own counter lags behind what the job logged.
+    """
+
+    @functools.wraps(original.fget)  # type: ignore[arg-type]
+    def step(run: Any) -> int:
+        manager = run.__dict__.get(_registry.ATTR) if _patched else None
+        answer: int | None = manager.wandb_step() if manager is not None else None
+        if answer is None:
+            return int(original.fget(run))  # type: ignore[misc]
+        return answer
+
+    return property(step, doc=original.__doc__)
+
+
 def _log_args(data: Any, step: Any = None, commit: Any = None) -> tuple[Any, Any, Any]:
     return data, step, commit
 
 
-def _define_metric_args(name: Any, step_metric: Any = None, *_: Any, **__: Any) -> tuple[Any, Any]:
-    return name, step_metric
+def _define_metric_args(  # noqa: PLR0917  (wandb's own signature)
+    name: str,
+    step_metric: Any = None,
+    step_sync: bool | None = None,
+    hidden: bool | None = None,
+    summary: str | None = None,
+    overwrite: bool | None = None,
+) -> tuple[str, dict[str, Any]]:
+    step_metric = getattr(step_metric, "name", step_metric)  # a wandb Metric object
+    return name, {
+        "step_metric": step_metric,
+        "step_sync": step_sync,
+        "hidden": hidden,
+        "summary": summary,
+        "overwrite": overwrite,
+    }
 
 
 def patch() -> None:
@@ -120,16 +150,18 @@ def patch() -> None:
         run_class = _wandb.Run
         originals = {
             name: original
-            for name in ("log", "_log", "define_metric")
+            for name in ("log", "_log", "define_metric", "step")
             # a future wandb without `_log`: route `log` alone
             if (original := run_class.__dict__.get(name)) is not None
         }
         routed_log = routing_log(originals["log"])
-        wrappers = {"log": routed_log}
+        wrappers: dict[str, Any] = {"log": routed_log}
         if "_log" in originals:
             wrappers["_log"] = routing_private_log(originals["_log"], routed_log)
         if "define_metric" in originals:
             wrappers["define_metric"] = recording_define_metric(originals["define_metric"])
+        if isinstance(originals.get("step"), property):
+            wrappers["step"] = routing_step(originals["step"])
         for name, wrapper in wrappers.items():
             _saved[name] = _wandb.ORIGINALS[name] = originals[name]
             setattr(run_class, name, wrapper)

@@ -97,13 +97,6 @@ def _finalize_all() -> None:
         manager.finalize()
 
 
-def _before_fork() -> None:
-    # A fork child may log to the same run: its rows would push wandb's step past the steps
-    # this process still buffers, and wandb would drop those. Commit them first.
-    for manager in managers():
-        manager._flush_before_fork()
-
-
 def _after_fork_in_child() -> None:
     global _lock, _live_lock
     _lock, _live_lock = threading.Lock(), threading.RLock()
@@ -111,4 +104,7 @@ def _after_fork_in_child() -> None:
         manager._reset_after_fork()
 
 
-os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
+# Nothing is committed before a fork: a child that never logs (a DataLoader worker) must change
+# nothing, and a child that logs names no step (``_wandb.native_log``), so its rows cannot push
+# the run past the steps this process still holds.
+os.register_at_fork(after_in_child=_after_fork_in_child)

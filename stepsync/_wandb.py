@@ -11,13 +11,19 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import wandb
 from wandb.sdk import wandb_run
 
 Run = wandb_run.Run
 
+#: wandb's record of its own monkeypatches (``{"tensorboard": [...], ...}``); never rebound.
+PATCHES: dict[str, Any] = getattr(wandb, "patched", None) or {}
+
 #: The attributes of ``Run`` that stepsync may patch, as wandb defines them.
 ORIGINALS: dict[str, Any] = {
-    name: Run.__dict__[name] for name in ("log", "_log", "define_metric") if name in Run.__dict__
+    name: Run.__dict__[name]
+    for name in ("log", "_log", "define_metric", "step")
+    if name in Run.__dict__
 }
 
 
@@ -72,13 +78,73 @@ def native_log(run: Any, data: Mapping[str, Any], step: int, shared: bool = Fals
     if fn is not None:
         fn(run, data, step=passed, commit=True)  # unpatched: no guard needed
         return step
-    call_native(ORIGINALS["log"], run, data, step=passed, commit=True)
+    # A forked child names no step: wandb-core puts its row at the run's current step, so it
+    # can never move the run past steps the parent still holds (the parent's rows would drop).
+    call_native(ORIGINALS["log"], run, data, step=None, commit=True)
     return step
 
 
-def native_define_metric(run: Any, name: str, step_metric: str | None = None) -> None:
+def native_define_metric(run: Any, name: str, **options: Any) -> None:
     """Declare a metric through wandb's own ``Run.define_metric``."""
-    call_native(ORIGINALS["define_metric"], run, name, step_metric=step_metric)
+    call_native(ORIGINALS["define_metric"], run, name, **options)
+
+
+def native_step(run: Any) -> int:
+    """``run.step`` as wandb itself answers it."""
+    return int(ORIGINALS["step"].fget(run))
+
+
+def wandb_owns_step() -> bool:
+    """True while wandb ignores ``log(step=...)`` and numbers every row itself.
+
+    That is TensorBoard sync (``sync_tensorboard=True`` or ``wandb.tensorboard.patch()``, wandb
+    >= 0.12 through 0.31 at least): wandb-core writes the TensorBoard rows, which never pass
+    ``Run.log``, and the Python side publishes no step (``Run._partial_history_callback``). The
+    flag is process-wide and stays set after ``finish()``; ``unpatch`` rebinds its list, so it
+    is read through the dict every time.
+    """
+    return bool(PATCHES.get("tensorboard"))
+
+
+def read_summary(run: Any) -> dict[str, Any]:
+    """The run's live summary, as wandb-core holds it now (one round trip, no hook)."""
+    return dict(call_native(run.summary._as_dict))
+
+
+def before_summary_reads(run: Any, hook: Callable[[], None]) -> None:
+    """Call ``hook`` before each live read of ``run.summary`` (not for stepsync's own reads).
+
+    wandb binds the reader into the run's ``Summary`` at ``wandb.init``, so this wraps it there.
+    """
+    summary = run.summary
+    read = summary._get_current_summary_callback
+
+    def read_after_hook() -> Any:
+        if not GUARD.active:
+            hook()
+        return read()
+
+    object.__setattr__(summary, "_get_current_summary_callback", read_after_hook)
+
+
+def write_summary(run: Any, values: Mapping[str, Any]) -> None:
+    """Set summary values, as ``run.summary.update`` does."""
+    run.summary.update(dict(values))
+
+
+def unserializable_keys(run: Any, row: Mapping[str, Any], step: int) -> list[str]:
+    """The keys of ``row`` whose value wandb's own conversion refuses (for the error message)."""
+    from wandb.sdk.data_types.utils import history_dict_to_json
+    from wandb.util import json_dumps_safer_history
+
+    bad = []
+    for key, value in row.items():
+        try:
+            converted = history_dict_to_json(run, {key: value}, step=step, ignore_copy_err=True)
+            json_dumps_safer_history(converted)
+        except Exception:
+            bad.append(key)
+    return bad
 
 
 def next_native_step(run: Any) -> int:

@@ -18,7 +18,7 @@ from _wandb_helpers import AXIS, rows, script_env, wait_until
 from wandb.errors import UsageError
 
 import stepsync
-from stepsync import NoActiveRunError, StepManager, get_manager, logs_metrics, step_scope
+from stepsync import NoActiveRunError, StepManager, _manager, get_manager, logs_metrics, step_scope
 from stepsync.history import read_history, read_records
 
 TIMEOUT = 90
@@ -69,31 +69,77 @@ class TestExceptionsInScopes:
         assert [r["loss"] for r in rows(run)] == [0, 1, 2]
 
 
-class TestWandbRefusesARow:
-    def test_failed_commit_is_logged_counted_and_other_rows_land(self, offline_run, caplog):
-        """wandb raising on a row: ERROR with step and keys, failed_flushes, other rows kept."""
+@pytest.fixture
+def capture_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let values through uncaptured, so a value wandb refuses reaches the commit (as one that
+    fails only there would)."""
+    monkeypatch.setattr(_manager, "capture", dict)
+
+
+class TestWandbRefusesAValue:
+    def test_unserializable_value_raises_wandbs_type_error_at_the_call(self, offline_run):
+        """As natively: wandb's own TypeError at the call, the call leaves no trace, and every
+        other value of the step lands."""
+        native = offline_run()
+        with pytest.raises(TypeError) as native_error:
+            native.log({"bad": Unserializable(), "ok": 1})
+        native.log({"ok": 2})
+        stepsync.patch()
+        run = offline_run()
+        with step_scope(0):
+            run.log({"loss": 0})
+            with pytest.raises(TypeError) as error:
+                run.log({"bad": Unserializable(), "ok": 1})
+            run.log({"ok": 2})
+        assert str(error.value) == str(native_error.value)
+        assert get_manager(run).get_stats()["total_logs"] == 2
+        assert rows(run) == [{"loss": 0, "ok": 2, AXIS: 0, "_step": 0}]
+        assert [r["ok"] for r in rows(native)] == [2]
+
+    def test_a_value_refused_at_commit_costs_only_its_key(self, offline_run, caplog, capture_off):
+        """A value wandb refuses only at commit: ERROR naming the key and step, counted in
+        failed_values, and the rest of its row and every other row land."""
         stepsync.patch()
         run = offline_run(reinit="finish_previous")
         with caplog.at_level(logging.ERROR, logger="stepsync"):
-            for step in range(4):
+            for step in range(3):
                 with step_scope(step):
                     wandb.log({"loss": step})
                     if step == 1:
-                        wandb.log({"bad": Unserializable()})  # no exception at the call site
-        manager = get_manager(run)
-        stats = manager.get_stats()
-        assert (stats["failed_flushes"], stats["successful_flushes"]) == (1, 3)
-        errors = [r for r in caplog.records if r.name.startswith("stepsync")]
-        assert len(errors) == 1
-        message = errors[0].getMessage()
-        assert "step 1" in message
-        assert "'bad'" in message
-        assert "'loss'" in message
+                        wandb.log({"bad": Unserializable(), "acc": 0.5})
+        stats = get_manager(run).get_stats()
+        assert (stats["failed_values"], stats["failed_flushes"], stats["wandb_calls"]) == (1, 0, 3)
+        (error,) = [r for r in caplog.records if r.name.startswith("stepsync")]
+        assert "'bad'" in error.getMessage()
+        assert "step 1" in error.getMessage()
         got = rows(run)
-        assert [(r["loss"], r[AXIS]) for r in got] == [(0, 0), (2, 2), (3, 3)]
+        assert [(r["loss"], r.get("acc"), r[AXIS]) for r in got] == [
+            (0, None, 0),
+            (1, 0.5, 1),
+            (2, None, 2),
+        ]
+
+    def test_a_row_refused_whole_is_logged_counted_and_other_rows_land(
+        self, offline_run, caplog, capture_off
+    ):
+        """A row with nothing wandb accepts: ERROR with step and keys, failed_flushes, and the
+        other rows land in order."""
+        stepsync.patch()
+        run = offline_run(reinit="finish_previous")
+        with caplog.at_level(logging.ERROR, logger="stepsync"):
+            for step in range(3):
+                with step_scope(step):
+                    wandb.log({"bad": Unserializable()} if step == 1 else {"loss": step})
+        stats = get_manager(run).get_stats()
+        assert (stats["failed_flushes"], stats["successful_flushes"]) == (1, 2)
+        (error,) = [r for r in caplog.records if r.name.startswith("stepsync")]
+        assert "step 1" in error.getMessage()
+        assert "'bad'" in error.getMessage()
+        got = rows(run)
+        assert [(r["loss"], r[AXIS]) for r in got] == [(0, 0), (2, 2)]
         assert [r["_step"] for r in got] == sorted({r["_step"] for r in got})
 
-    def test_background_flusher_survives_a_failed_commit(self, offline_run):
+    def test_background_flusher_survives_a_failed_commit(self, offline_run, capture_off):
         """A row wandb refuses in the background flusher does not stop later commits."""
         run = offline_run()
         manager = StepManager(run, flush_interval=0.02)

@@ -113,45 +113,71 @@ class TestRouting:
         assert [r["stepsync/step"] for r in rows_of(run)] == [0, 1]
 
 
+def declared_metrics(run) -> set[tuple[str, str]]:
+    """(name, step metric) of every metric record stepsync or the user wrote, globs expanded
+    by older wandb versions left out."""
+    return {
+        (m.metric.name or m.metric.glob_name, m.metric.step_metric)
+        for m in records_of(run, "metric")
+        if not m.metric.expanded_from_glob
+    }
+
+
+def make_late_row(run) -> None:
+    """Commit step 1, then log to step 0: a late row, whose native step differs (docs/design.md,
+    "Chart axis")."""
+    with stepsync.step_scope(1):
+        run.log({"train/loss": 1.0})
+    run.log({"eval/acc": 0.5}, step=0)
+    stepsync.get_manager(run).flush()
+
+
 class TestChartAxis:
-    def test_each_key_is_declared_once_on_the_axis(self, offline_run):
-        """stepsync declares its axis and each new key once, explicitly, never as a glob."""
+    def test_nothing_is_declared_while_native_equals_logical(self, offline_run):
+        """A run with no late rows and no step jumps gets no metric record from stepsync."""
         stepsync.patch()
         run = offline_run()
         for step in range(3):
             with stepsync.step_scope(step):
                 run.log({"train/loss": 1.0, "eval/acc": 0.5})
-        # Older wandb versions also write the records they expand from globs themselves.
+        assert declared_metrics(run) == set()
+        assert [r["stepsync/step"] for r in rows_of(run)] == [0, 1, 2]
+
+    def test_the_first_late_row_puts_every_key_on_the_axis_once(self, offline_run):
+        """The first row whose native step differs declares the axis and every key committed
+        so far, each once, by name; a key new after that is declared at its first commit."""
+        stepsync.patch()
+        run = offline_run()
+        with stepsync.step_scope(0):
+            run.log({"train/loss": 2.0})
+        make_late_row(run)
+        with stepsync.step_scope(2):
+            run.log({"train/loss": 0.5, "new": 1})
         metrics = [m for m in records_of(run, "metric") if not m.metric.expanded_from_glob]
-        declared = {(m.metric.name, m.metric.step_metric) for m in metrics}
-        assert declared == {
+        assert declared_metrics(run) == {
             ("stepsync/step", ""),
             ("train/loss", "stepsync/step"),
             ("eval/acc", "stepsync/step"),
+            ("new", "stepsync/step"),
         }
-        assert len(metrics) == 3
+        assert len(metrics) == 4
         assert not any(m.metric.glob_name for m in metrics)
+        assert not any(m.metric.options.step_sync for m in metrics)  # never ORed onto the user's
 
     def test_a_key_new_while_another_step_commits_is_still_declared(self, offline_run):
         """Keys are declared at their row's first commit, even when an earlier step's commit
         (with only known keys) came between the call and that commit."""
         stepsync.patch()
         run = offline_run()
-        with stepsync.step_scope(0):
-            run.log({"a": 1})
-        run.log({"a": 2}, step=1)
-        run.log({"b": 3}, step=2)  # new key, pending behind step 1
+        make_late_row(run)
+        run.log({"train/loss": 2}, step=2)
+        run.log({"b": 3}, step=3)  # new key, pending behind step 2
         manager = stepsync.get_manager(run)
         with manager._lock:
-            manager._commit_through(1)  # step 1: known keys only; step 2 still pending
+            manager._commit_through(2)  # step 2: known keys only; step 3 still pending
         run.finish()
-        declared = {
-            (m.metric.name, m.metric.step_metric)
-            for m in records_of(run, "metric")
-            if not m.metric.expanded_from_glob
-        }
-        assert ("b", "stepsync/step") in declared
-        assert [r["stepsync/step"] for r in rows_of(run)] == [0, 1, 2]
+        assert ("b", "stepsync/step") in declared_metrics(run)
+        assert [r["stepsync/step"] for r in rows_of(run)] == [1, 0, 2, 3]
 
     def test_user_axes_are_left_alone(self, offline_run):
         """A key the user gave an axis (by name or glob) is not re-declared by stepsync."""
@@ -162,6 +188,7 @@ class TestChartAxis:
         run.define_metric("eval/acc", step_metric="train/global_step")
         with stepsync.step_scope(0):
             run.log({"train/loss": 1.0, "eval/acc": 0.5, "other": 1, "train/global_step": 0})
+        make_late_row(run)
         names = [
             m.metric.name
             for m in records_of(run, "metric")

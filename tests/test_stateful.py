@@ -67,6 +67,7 @@ class Model:
         self.current: int | None = None
         self.pending: dict[int, list[Entry]] = {}
         self.late_next: list[Entry] = []
+        self.extra_rows: dict[int, list[Entry]] = {}
         self.rows: list[dict[str, Any]] = []
         self.stats: Counter[str] = Counter()
         self.open_scopes: Counter[int] = Counter()
@@ -86,24 +87,17 @@ class Model:
         if self.finished:
             return "finished"
         self.stats["total_logs"] += 1
-        close = False
-        if scope is not None:  # rule 1: the scope wins over an explicit step
-            if step is not None and step != scope:
-                self.stats["step_conflicts"] += 1
-            target = scope
-        elif step is not None:  # rule 2
-            target = step
-        elif self.current is not None:  # rule 3
-            target = self.current
-        else:  # rule 4: wandb's auto-increment; commit None/True closes the step
-            target = max(self.frontier, self.committed + 1)
-            close = commit is None or commit
+        target, close = self.resolve(step, commit, scope)
         entry = (priority, dict(data))
         if target <= self.committed:
             outcome = self.late_value(entry)
             if outcome is not None:
                 return outcome
-        self.pending.setdefault(target, []).append(entry)
+        if scope is None and self.is_closed_collision(target, data):
+            # A closed step keeps the first value of a key: a second one is an extra row.
+            self.extra_rows.setdefault(target, []).append(entry)
+        else:
+            self.pending.setdefault(target, []).append(entry)
         self.frontier = max(self.frontier, target)
         if close:
             self.commit_through(target)
@@ -115,6 +109,28 @@ class Model:
                     break
                 self.commit_through(lowest)
         return "ok"
+
+    def resolve(self, step: int | None, commit: bool | None, scope: int | None) -> tuple[int, bool]:
+        """The logical step of a call, and whether the call closes (commits) it."""
+        if scope is not None:  # rule 1: the scope wins over an explicit step
+            if step is not None and step != scope:
+                self.stats["step_conflicts"] += 1
+            return scope, False
+        if step is not None:  # rule 2; commit=True closes the step, as in wandb
+            return step, bool(commit)
+        if self.current is not None:  # rule 3
+            return self.current, False
+        # rule 4: wandb's auto-increment; commit None/True closes the step
+        return max(self.frontier, self.committed + 1), commit is None or bool(commit)
+
+    def is_closed_collision(self, target: int, data: dict[str, Any]) -> bool:
+        """``data`` writes a key that a closed step (below the frontier, no open scope) holds."""
+        bucket = self.pending.get(target, [])
+        return (
+            target < self.frontier
+            and not self.open_scopes[target]
+            and any(key in held for _, held in bucket for key in data)
+        )
 
     def late_value(self, entry: Entry) -> str | None:
         """A value for a committed step: None if it still goes to a bucket of its step."""
@@ -163,7 +179,8 @@ class Model:
     # --------------------------------------------------------------- commits
 
     def entries(self) -> int:
-        return sum(len(bucket) for bucket in self.pending.values())
+        buckets = [*self.pending.values(), *self.extra_rows.values()]
+        return sum(len(bucket) for bucket in buckets)
 
     def commit_through(self, through: int) -> None:
         for step in sorted(s for s in self.pending if s <= through):
@@ -171,6 +188,8 @@ class Model:
             if self.late_next:
                 entries, self.late_next = self.late_next + entries, []
             self.commit_row(step, entries)
+            for extra in self.extra_rows.pop(step, []):
+                self.commit_row(step, [extra])
 
     def commit_row(self, step: int, entries: list[Entry]) -> None:
         """ONE row per commit; native step = max(logical, last native + 1)."""
