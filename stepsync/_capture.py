@@ -2,15 +2,16 @@
 
 wandb serializes every value in the caller's thread, inside ``log``; stepsync commits later, so it
 takes the same snapshot at the call: scalars, strings and wandb's own objects (media, tables,
-charts: snapshots already) pass as they are, mappings are copied key by key, and anything else
-goes through wandb's own JSON conversion (``json_dumps_safer_history``: arrays, tensors moved to
-the CPU, sets, dates ...). A value that conversion refuses raises wandb's own ``TypeError`` here,
-at the call, as it would natively.
+charts: snapshots already) pass as they are, mappings are copied key by key, numpy arrays of
+numbers are copied, and anything else goes through wandb's own JSON conversion
+(``json_dumps_safer_history``: tensors detached and moved to the CPU, sets, dates ...). A value
+that conversion refuses raises wandb's own ``TypeError`` here, at the call, as it would natively.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,32 +31,32 @@ def capture(data: Mapping[str, Any]) -> dict[str, Any]:
     return copy
 
 
-def _capture_value(value: Any) -> Any:
+def _capture_value(value: Any) -> Any:  # noqa: PLR0911  (one return per kind of value)
     kind = type(value)
-    if kind in _PLAIN or (kind.__module__.startswith(("wandb.", "numpy")) and _is_immutable(value)):
+    if kind in _PLAIN:
         return value
-    if isinstance(value, Mapping):
+    if kind is dict or isinstance(value, Mapping):
         return {key: _capture_value(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)) and value and all(_is_wandb(item) for item in value):
+    module = kind.__module__
+    if module.startswith("wandb."):
+        return value  # media, tables, charts: wandb's own snapshots
+    if module == "numpy":
+        numpy = sys.modules["numpy"]
+        if isinstance(value, numpy.generic):
+            return value  # a numpy scalar is immutable
+        if isinstance(value, numpy.ndarray) and not value.dtype.hasobject:
+            return value.copy()  # wandb converts the copy at commit as it would the original
+    elif isinstance(value, (list, tuple)) and value and all(_is_wandb(v) for v in value):
         return list(value)  # a list of media: wandb logs it as one media sequence
-    if _converted_by_wandb_later(value):
+    elif _converted_by_wandb_later(value):
         return _to_wandb_media(value)
-    # The conversion wandb applies when it writes the row, done now: plain JSON is immutable
-    # for our purposes (nobody else holds it) and gives the same text when wandb encodes it.
+    # The conversion wandb applies when it writes the row, done now: plain JSON, which nobody
+    # else holds, and which gives the same text when wandb encodes it again.
     return json.loads(json_dumps_safer_history(value))
 
 
 def _is_wandb(value: Any) -> bool:
     return type(value).__module__.startswith("wandb.")
-
-
-def _is_immutable(value: Any) -> bool:
-    """wandb's own objects (snapshots when made) and numpy scalars; numpy arrays are mutable."""
-    if _is_wandb(value):
-        return True
-    import numpy
-
-    return isinstance(value, numpy.generic)
 
 
 def _converted_by_wandb_later(value: Any) -> bool:
