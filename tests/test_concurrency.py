@@ -257,3 +257,47 @@ class TestFork:
         # wandb >= 0.2x keeps both rows natively; 0.19 loses the parent's (a race between the
         # parent's and the child's connections, seen here): stepsync keeps what wandb keeps.
         assert sorted(rows, key=lambda r: r[2]) == native
+
+
+LOADER_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import torch, wandb, stepsync
+
+    directory, mode = sys.argv[1], sys.argv[2]
+    if mode == "stepsync":
+        stepsync.patch()
+    run = wandb.init(mode="offline", dir=directory, project="loader")
+    loader = torch.utils.data.DataLoader(
+        list(range(8)), batch_size=2, num_workers=2, multiprocessing_context="fork"
+    )
+    for epoch in range(3):
+        run.log({"lr": 0.1 * epoch}, commit=False)  # the open step, as an epoch start logs
+        total = sum(int(batch.sum()) for batch in loader)  # forks two workers
+        run.log({"train/total": total, "epoch": epoch}, step=10 * epoch)  # explicit, open
+        total = sum(int(batch.sum()) for batch in loader)  # forks again: an eval loader
+        run.log({"eval/total": total}, step=10 * epoch, commit=True)  # closes it
+    run.finish()
+    print(json.dumps({"sync_file": run.settings.sync_file}))
+    """
+)
+
+
+def loader_rows(tmp_path: Path, mode: str) -> list[dict[str, Any]]:
+    """The rows a DataLoader job (2 fork workers, new ones each epoch) wrote, axis key left out."""
+    (report,) = run_script(tmp_path / mode, "loader.py", LOADER_SCRIPT, str(tmp_path / mode), mode)
+    return [
+        {k: v for k, v in row.items() if k != AXIS}
+        for row in user_rows(read_history(report["sync_file"]))
+    ]
+
+
+class TestForkThatDoesNotLog:
+    def test_dataloader_workers_change_no_row(self, tmp_path: Path):
+        """A real DataLoader(num_workers=2, fork) forking while a step is open: the rows are
+        exactly plain wandb's (no step split in two, no native step pushed ahead)."""
+        pytest.importorskip("torch")
+        native = loader_rows(tmp_path, "native")
+        # lr opens a step-less row that step=10 * epoch then closes on its own: plain wandb's way
+        assert [r["_step"] for r in native] == [0, 1, 10, 11, 20]
+        assert loader_rows(tmp_path, "stepsync") == native
