@@ -81,16 +81,27 @@ class TestBenchmarkScripts:
             assert "# pinned: this process on CPU" in run.stdout
 
     def test_perf_prints_every_figure(self, quick):
-        """bench_perf.py prints B1 to B6; B3 in KB, B4 with 0 values lost, B5 synchronous."""
+        """bench_perf.py prints B1 to B7; B3 in KB, B4 with 0 values lost, B5 synchronous."""
         run = quick["bench_perf.py"]
         found = run.figures
-        assert set(found) >= {"B1", "B1b", "B2", "B3", "B4", "B5", "B6a", "B6b"}
+        assert set(found) >= {"B1", "B1b", "B2", "B3", "B4", "B5", "B6a", "B6b", "B7a", "B7e"}
         assert 0 < found["B3"]["bytes"] < 10**7
         assert found["B4"]["lost"] == 0  # exactness holds at any size, unlike timings
         assert found["B4"]["calls_per_s"] > 0
         assert found["B5"]["ok"] is True  # the scope exit called wandb on the same thread
         assert "calls/s" in run.stdout
         assert "KB" in run.stdout
+
+    def test_perf_prints_capture_cost_as_ratios(self, quick):
+        """bench_perf.py prints B7a to B7e: capture's cost per call over one native ``run.log``."""
+        run = quick["bench_perf.py"]
+        for name in ("B7a", "B7b", "B7c", "B7d", "B7e"):  # reported without a goal
+            assert f"{name} " in run.stdout
+            assert math.isfinite(run.figures[name]["ratio"])
+            assert run.figures[name]["ratio"] > 0
+            assert run.figures[name]["goal"] is None
+        assert "per native run.log call" in run.stdout
+        assert "histogram" in run.stdout  # the note on arrays over 32 elements
 
     @pytest.mark.parametrize("script", ["bench_core.py", "bench_perf.py"])
     def test_scripts_leave_no_files_behind(self, quick, script):

@@ -175,9 +175,9 @@ def discarding_sink(
             return saved_log(run, data, step, shared)
         return step
 
-    def native_define_metric(run: Any, name: str, step_metric: str | None = None) -> None:
+    def native_define_metric(run: Any, name: str, **options: Any) -> None:
         if forward:
-            saved_define(run, name, step_metric=step_metric)
+            saved_define(run, name, **options)
 
     _wandb.native_log = native_log
     _wandb.native_define_metric = native_define_metric

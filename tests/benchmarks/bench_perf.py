@@ -1,10 +1,11 @@
-"""Benchmark: every performance figure of stepsync (B1-B6), from one process.
+"""Benchmark: every performance figure of stepsync (B1-B7), from one process.
 
 Run: ``python tests/benchmarks/bench_perf.py`` (``--quick`` for a smoke run, ``--json PATH``
 to keep the figures, ``--check`` to exit 1 when a goal is missed, ``--pin`` for steadier
 figures: this process on one CPU, wandb-core on the others). B1, B1b and B2 come from
-bench_core.py; this script adds memory (B3), threads (B4), scope-exit latency (B5) and how the
-cost grows with keys and pending steps (B6).
+bench_core.py; this script adds memory (B3), threads (B4), scope-exit latency (B5), how the
+cost grows with keys and pending steps (B6) and what snapshotting a logged value at the call
+costs (B7).
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import time
 import tracemalloc
 from typing import Any
 
+import numpy as np
 from _harness import (
     Case,
     Report,
     Timing,
+    caught_up,
     discarding_sink,
     finish_runs,
     interleave,
@@ -34,6 +37,7 @@ from bench_core import Steps, measure_core
 
 import stepsync
 from stepsync import StepManager, step_scope
+from stepsync._capture import capture
 
 AXIS = "stepsync/step"
 KEYS10 = tuple(f"train/metric_{i}" for i in range(10))
@@ -287,9 +291,88 @@ def measure_growth(args: Any, report: Report) -> None:
         )
 
 
+#: B7's cases: figure, what the data is, the data, and native/capture calls per repetition
+#: (full size, quick size). capture takes more calls where one call is short, for a steadier clock.
+CAPTURE_CASES: tuple[tuple[str, str, dict[str, Any], tuple[int, int], tuple[int, int]], ...] = (
+    ("B7a", "1 float key", {"k0": 0.5}, (200, 20), (2000, 200)),
+    ("B7b", "10 float keys", {f"k{i}": i + 0.5 for i in range(10)}, (200, 20), (2000, 200)),
+    ("B7c", "100 float keys", {f"k{i}": i + 0.5 for i in range(100)}, (50, 5), (500, 50)),
+    (
+        "B7d",
+        "10 keys of nested dicts, an 8-float numpy array each",
+        {f"k{i}": {"v": np.arange(8.0)} for i in range(10)},
+        (100, 10),
+        (100, 10),
+    ),
+    (
+        "B7e",
+        "one 1 MB numpy array (131,072 floats)",
+        {"k0": np.random.default_rng(0).random(131072)},
+        (15, 3),
+        (15, 3),
+    ),
+)
+
+
+def measure_capture(args: Any, report: Report) -> None:
+    """B7: ``stepsync._capture.capture(data)`` per call vs one plain (unpatched) ``run.log(data)``.
+
+    Both sides get the same data object every call (wandb leaves the caller's objects as they
+    are). The native calls go to one offline run, asked for ``run.step`` after every case.
+    """
+    stepsync.unpatch()
+    run = new_run("capture-native")
+    cases: dict[str, Case] = {}
+    calls: dict[str, int] = {}
+    for name, _, data, native_calls, capture_calls in CAPTURE_CASES:
+        native_n = native_calls[1] if args.quick else native_calls[0]
+        capture_n = capture_calls[1] if args.quick else capture_calls[0]
+
+        def native(data: dict[str, Any] = data, n: int = native_n) -> None:
+            log = run.log
+            for _ in range(n):
+                log(data)
+
+        def captured(data: dict[str, Any] = data, n: int = capture_n) -> None:
+            for _ in range(n):
+                capture(data)
+
+        cases[f"{name} native"], calls[f"{name} native"] = (stepsync.unpatch, native), native_n
+        cases[f"{name} capture"], calls[f"{name} capture"] = (nothing, captured), capture_n
+    times = interleave(cases, args.reps, settle=lambda: caught_up(run))
+
+    def per_call(case: str, cpu: bool = False) -> list[float]:
+        return [(t.cpu if cpu else t.wall) / calls[case] for t in times[case]]
+
+    for name, what, _, _, _ in CAPTURE_CASES:
+        top, bottom = f"{name} capture", f"{name} native"
+        ratios = {
+            kind: statistics.median(
+                c / n for c, n in zip(per_call(top, cpu), per_call(bottom, cpu), strict=True)
+            )
+            for kind, cpu in (("wall", False), ("cpu", True))
+        }
+        report.ratio(
+            name,
+            ratios["wall"],
+            None,
+            f"{what}: capture {us(statistics.median(per_call(top)))} per call vs "
+            f"{us(statistics.median(per_call(bottom)))} per native run.log call; CPU-time ratio "
+            f"{ratios['cpu']:.3f}",
+        )
+    report.note(
+        "B7: capture(data) is the snapshot stepsync takes at the call (wandb serializes inside "
+        "run.log, stepsync commits later); native = one unpatched run.log(data) on an offline run"
+    )
+    report.note(
+        "B7e: an array over 32 elements becomes a histogram at the call, in capture (wandb's own "
+        "conversion) as in run.log: the same work wandb does natively at its call, done once"
+    )
+
+
 def main() -> int:
     args = parse_args(__doc__.splitlines()[0] if __doc__ else "")
-    report = Report("stepsync performance benchmark (issue 6: B1-B6)")
+    report = Report("stepsync performance benchmark (issue 6: B1-B7)")
     report.header(args)
     try:
         for measure in (
@@ -298,6 +381,7 @@ def main() -> int:
             measure_threads,
             measure_latency,
             measure_growth,
+            measure_capture,
         ):
             measure(args, report)
             finish_runs()  # scopes notify every live manager: keep only this section's alive
