@@ -26,12 +26,13 @@ def _log_metrics(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dic
     if step is not None and enabled():
         run = None
         try:
-            import wandb
+            # `wandb.Run` is exported only from wandb 0.21.1: the class itself is older.
+            from wandb.sdk.wandb_run import Run
 
             # The logger's own run (created lazily by `experiment`); a rank other than zero gets
             # a stand-in object, which is not a Run and is left alone.
             experiment = instance.experiment
-            if isinstance(experiment, wandb.Run):
+            if isinstance(experiment, Run):
                 run = experiment
             step = int(step)
         except Exception as exc:

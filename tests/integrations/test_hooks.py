@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import wrapt
 from framework_runs import scenario_env
 
 import stepsync
@@ -177,3 +178,32 @@ class TestLightningHook:
             assert stepsync.get_manager(run).current_step is None
         finally:
             integrations.unregister_hooks()
+
+
+class TestLightningHookWithoutLightning:
+    """The Lightning hook on any supported wandb, with a stand-in for ``WandbLogger``."""
+
+    def test_logger_step_becomes_the_current_step(self, offline_run, patched) -> None:
+        """``WandbLogger.log_metrics(metrics, step=7)`` makes 7 the run's current step (on wandb
+        before 0.21.1 too, which has no ``wandb.Run`` export)."""
+        import types
+
+        from stepsync.integrations import lightning
+
+        run = offline_run()
+
+        class WandbLogger:
+            experiment = run
+
+            def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+                run.log({**metrics, "trainer/global_step": step})
+
+        module = types.ModuleType("fake_lightning_loggers")
+        module.WandbLogger = WandbLogger  # type: ignore[attr-defined]
+        installed = lightning.install(module)
+        try:
+            WandbLogger().log_metrics({"loss": 1.0}, step=7)
+            assert stepsync.get_manager(run).current_step == 7
+        finally:
+            for owner, name, handle in installed:
+                wrapt.unwrap_object(owner, name, handle)
