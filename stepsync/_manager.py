@@ -113,10 +113,8 @@ class StepManager:
         next_step = 0 if self._noop else _wandb.starting_step(run)
         self._committed_through = next_step - 1
         self._last_native = next_step - 1
-        #: Every key committed so far (what the axis switch declares).
-        self._committed_keys: set[str] = set()
-        #: Keys checked to be strings and already committed once: a call whose keys are all
-        #: known skips both the check and, at its commit, the look for new keys.
+        #: Keys checked to be strings and already committed once with a flat value: a call whose
+        #: keys are all known skips both the check and, at its commit, the look for new keys.
         self._known_keys: set[str] = set()
         #: A pending entry has keys that are not known yet: the next commits look for new keys.
         self._new_keys = True
@@ -560,11 +558,9 @@ class StepManager:
         native = self._last_native + 1
         if step > native:
             native = step
-        new_keys: list[str] = []
-        if self._new_keys:
-            new_keys = [key for key in merged if key not in self._committed_keys]
-            if not self._pending and not self._late_next:
-                self._new_keys = False  # every entry left has known keys
+        new_keys = self._new_keys
+        if new_keys and not self._pending and not self._late_next:
+            self._new_keys = False  # every entry left has known keys
         overwritten = self._summary.before_late_row(step, merged) if late else None
         try:
             native = self._write_row(step, merged, native)
@@ -579,13 +575,13 @@ class StepManager:
             return
         self._last_native = native
         self._wandb_calls += 1
-        self._remember_keys(new_keys)
+        if new_keys:
+            self._declare(self._metrics.committed(merged))
+            self._remember_keys(merged)
         if native != step:
             stats["step_jumps"] += 1
             if not self._metrics.switched:
-                self._declare(self._metrics.switch(self._committed_keys))
-        if new_keys and self._metrics.switched:
-            self._declare(self._metrics.new_keys(new_keys))
+                self._declare(self._metrics.switch())
         self._summary.after_row(step, merged, late, overwritten)
 
     def _write_row(self, step: int, row: dict[str, Any], native: int) -> int:
@@ -605,11 +601,11 @@ class StepManager:
         kept = {key: value for key, value in row.items() if key not in bad}
         return _wandb.native_log(self._run, kept, native, self._shared)
 
-    def _remember_keys(self, keys: list[str]) -> None:
+    def _remember_keys(self, row: Mapping[str, Any]) -> None:
+        """Flat keys become known; a nested value may bring new leaves, so its key never does."""
         known = self._known_keys
-        for key in keys:
-            self._committed_keys.add(key)
-            if len(known) < KNOWN_KEYS_MAX:
+        for key, value in row.items():
+            if type(value) is not dict and len(known) < KNOWN_KEYS_MAX:
                 known.add(key)
 
     def _declare(self, declarations: list[Declaration]) -> None:

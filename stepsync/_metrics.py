@@ -12,7 +12,7 @@ hide that glob), and never for a key the user put on an axis of their own or use
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -48,6 +48,7 @@ class MetricDefinitions:
         self._globs: dict[str, Definition] = {}  # prefix (the name without its `*`) -> definition
         self._step_keys: set[str] = set()  # every key the user named as a step metric
         self._declared: set[str] = set()  # keys stepsync put on its axis
+        self._charted: set[str] = set()  # every numeric key (nested: dotted) committed so far
         #: True from the first row whose native step differs from its logical step.
         self.switched = False
 
@@ -86,13 +87,27 @@ class MetricDefinitions:
             return []
         return [d for k in sorted(redo) if (d := self._redeclaration(k)) is not None]
 
-    def switch(self, keys: Iterable[str]) -> list[Declaration]:
+    def committed(self, row: Mapping[str, Any]) -> list[Declaration]:
+        """A row was committed: what to declare for its numeric keys not seen before.
+
+        Only numbers are charted against a step; wandb-core also drops a key from the summary
+        when a key whose value is a dict (nested values, media, histograms) is defined
+        (measured), so nested values are declared leaf by leaf, by their dotted names.
+        """
+        new = [
+            key for key, value in flat_items(row) if key not in self._charted and _is_number(value)
+        ]
+        if not new:
+            return []
+        self._charted.update(new)
+        return self._declarations(new) if self.switched else []
+
+    def switch(self) -> list[Declaration]:
         """The first row whose native step differs: every key so far goes on the axis."""
         self.switched = True
-        return [(self._axis, {}), *self.new_keys(keys)]
+        return [(self._axis, {}), *self._declarations(sorted(self._charted))]
 
-    def new_keys(self, keys: Iterable[str]) -> list[Declaration]:
-        """Declarations for keys committed for the first time (after the switch)."""
+    def _declarations(self, keys: Iterable[str]) -> list[Declaration]:
         declarations = []
         for key in keys:
             if key in self._declared or key == self._axis or key.startswith("_"):
@@ -163,3 +178,21 @@ def _options(definition: Definition) -> dict[str, Any]:
     if definition.summary:
         options["summary"] = ",".join(sorted(definition.summary))
     return options
+
+
+def flat_items(row: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """The leaves of a row by the names wandb charts them under (nested keys joined by ".").
+
+    A dict with a ``_type`` (media, a histogram, as wandb encodes them) is one leaf.
+    """
+    for key, value in row.items():
+        if type(value) is dict and "_type" not in value:
+            yield from flat_items(value, f"{prefix}{key}.")
+        else:
+            yield prefix + key, value
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, (int, float)):
+        return True
+    return type(value).__module__ == "numpy" and getattr(value, "ndim", None) == 0

@@ -1,11 +1,11 @@
 """Keep each key's summary at its newest logical step, whatever late rows do.
 
 wandb-core's summary is the last value written per key, in record order, so a late row would
-become the run's result. After a late row, stepsync writes back what it overwrote. Keys with a
-user ``summary=`` are aggregated by wandb-core over every row (the late value rightly takes part
-in min, max, mean), but wandb-core stops aggregating a key once its summary is written (measured,
-wandb 0.31): so a ``last`` among those options is put right only at ``finish()``, after the last
-row.
+become the run's result. After a late row, stepsync writes back what it overwrote, leaf by leaf
+(nested keys by their dotted names, as wandb's definitions see them). Keys with a user
+``summary=`` are aggregated by wandb-core over every row (the late value rightly takes part in
+min, max, mean), but wandb-core stops aggregating a key once its summary is written (measured,
+wandb 0.31): so a ``last`` among those options is put right only at ``finish()``.
 """
 
 from __future__ import annotations
@@ -16,17 +16,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stepsync import _wandb
-from stepsync._metrics import MetricDefinitions
+from stepsync._metrics import MetricDefinitions, flat_items
 
 logger = logging.getLogger("stepsync")
+
+#: A summary entry by its path: ``("train", "loss")`` is the nested key ``train.loss``.
+Path = tuple[str, ...]
 
 
 @dataclass
 class Overwritten:
     """What a late row is about to overwrite: the summary values that must stay."""
 
-    now: dict[str, Any] = field(default_factory=dict)  # default summary: written back at once
-    at_finish: dict[str, Any] = field(default_factory=dict)  # a user `last`: fixed at finish
+    now: dict[Path, Any] = field(default_factory=dict)  # default summary: written back at once
+    at_finish: dict[Path, Any] = field(default_factory=dict)  # a user `last`: fixed at finish
 
 
 class SummaryKeeper:
@@ -35,13 +38,17 @@ class SummaryKeeper:
     def __init__(self, run: Any, metrics: MetricDefinitions) -> None:
         self._run = run
         self._metrics = metrics
-        self._newest: dict[str, int] = {}
-        self._last_fixes: dict[str, Any] = {}
+        self._newest: dict[str, int] = {}  # dotted key -> newest logical step committed
+        self._last_fixes: dict[Path, Any] = {}
 
     def before_late_row(self, step: int, row: Mapping[str, Any]) -> Overwritten | None:
         """Read the summary a late row of ``step`` will overwrite (one round trip), if needed."""
         newest = self._newest
-        stale = [k for k in row if newest.get(k, -1) > step and not k.startswith("_")]
+        stale = [
+            key
+            for key, _ in flat_items(row)
+            if newest.get(key, -1) > step and not key.startswith("_")
+        ]
         if not stale:
             return None
         try:
@@ -51,13 +58,15 @@ class SummaryKeeper:
             return None
         overwritten = Overwritten()
         for key in stale:
-            if key not in summary:
+            path = tuple(key.split("."))
+            found, value = _lookup(summary, path)
+            if not found:
                 continue
             options = self._metrics.summary_of(key)
             if not options:
-                overwritten.now[key] = summary[key]
-            elif "last" in options and isinstance(summary[key], Mapping):
-                overwritten.at_finish[key] = summary[key].get("last")
+                overwritten.now[path] = value
+            elif "last" in options and isinstance(value, Mapping):
+                overwritten.at_finish[path] = value.get("last")
         return overwritten
 
     def after_row(
@@ -65,25 +74,18 @@ class SummaryKeeper:
     ) -> None:
         """Note the row's keys at ``step``; write back what a late row overwrote."""
         newest = self._newest
-        if not late:
-            newest.update(dict.fromkeys(row, step))
-        else:
-            newer = [key for key in row if newest.get(key, -1) <= step]
-            newest.update(dict.fromkeys(newer, step))
+        keys = [key for key, _ in flat_items(row)]
+        if late:
+            keys = [key for key in keys if newest.get(key, -1) <= step]
+        newest.update(dict.fromkeys(keys, step))
         if self._last_fixes:
-            for key in row:
-                if newest[key] == step:  # this row is the key's newest: its `last` is right
-                    self._last_fixes.pop(key, None)
+            for key in keys:  # this row is the key's newest: its `last` is right
+                self._last_fixes.pop(tuple(key.split(".")), None)
         if overwritten is None:
             return
-        for key, value in overwritten.at_finish.items():
-            self._last_fixes.setdefault(key, value)
-        if overwritten.now:
-            keys = overwritten.now.keys()
-            try:
-                _wandb.write_summary(self._run, overwritten.now)
-            except Exception:
-                logger.exception("stepsync: could not restore the summary of %s", list(keys))
+        for path, value in overwritten.at_finish.items():
+            self._last_fixes.setdefault(path, value)
+        self._write(overwritten.now)
 
     def at_finish(self) -> None:
         """Put the user's ``summary="...,last"`` keys back at their newest logical step."""
@@ -92,11 +94,30 @@ class SummaryKeeper:
         fixes, self._last_fixes = self._last_fixes, {}
         try:
             summary = _wandb.read_summary(self._run)
-            values = {
-                key: {**summary[key], "last": last}
-                for key, last in fixes.items()
-                if isinstance(summary.get(key), Mapping)
-            }
+        except Exception:
+            logger.exception("stepsync: could not read the summary at finish")
+            return
+        values = {}
+        for path, last in fixes.items():
+            found, aggregate = _lookup(summary, path)
+            if found and isinstance(aggregate, Mapping):
+                # the whole aggregate: writing only its `last` would drop the others (measured)
+                values[path] = {**aggregate, "last": last}
+        self._write(values)
+
+    def _write(self, values: dict[Path, Any]) -> None:
+        if not values:
+            return
+        try:
             _wandb.write_summary(self._run, values)
         except Exception:
-            logger.exception("stepsync: could not restore the summary of %s", sorted(fixes))
+            logger.exception("stepsync: could not restore the summary of %s", list(values))
+
+
+def _lookup(summary: Mapping[str, Any], path: Path) -> tuple[bool, Any]:
+    node: Any = summary
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node

@@ -127,9 +127,21 @@ def before_summary_reads(run: Any, hook: Callable[[], None]) -> None:
     object.__setattr__(summary, "_get_current_summary_callback", read_after_hook)
 
 
-def write_summary(run: Any, values: Mapping[str, Any]) -> None:
-    """Set summary values, as ``run.summary.update`` does."""
-    run.summary.update(dict(values))
+def write_summary(run: Any, values: Mapping[tuple[str, ...], Any]) -> None:
+    """Set summary values by path (``("train", "loss")``), as ``run.summary[...] = v`` does.
+
+    A nested path writes that one leaf (wandb sends it as a nested key), not its whole parent.
+    The guard keeps the reads this makes from counting as user reads.
+    """
+    call_native(_write_summary, run, values)
+
+
+def _write_summary(run: Any, values: Mapping[tuple[str, ...], Any]) -> None:
+    for path, value in values.items():
+        node = run.summary
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
 
 
 def unserializable_keys(run: Any, row: Mapping[str, Any], step: int) -> list[str]:
