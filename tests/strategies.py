@@ -12,6 +12,7 @@ __all__ = [
     "bad_steps",
     "commits",
     "entries",
+    "json_numbers",
     "late_policies",
     "metric_keys",
     "metric_values",
@@ -19,6 +20,7 @@ __all__ = [
     "priorities",
     "sources",
     "steps",
+    "summary_options",
 ]
 
 #: The documented priority ladder: 0 trainer, 1 eval, 5 default, 10 debug.
@@ -80,3 +82,14 @@ bad_steps = st.one_of(
 
 #: Integral but negative: ``ValueError``.
 negative_steps = st.integers(max_value=-1)
+
+#: Numbers wandb records and gives back equal (JSON, exact): ints within 2**53, floats small
+#: enough that wandb's mean of a few stays finite.
+json_numbers = st.one_of(
+    st.integers(min_value=-(2**53), max_value=2**53),
+    st.floats(min_value=-1e12, max_value=1e12, allow_nan=False),
+)
+
+#: ``define_metric(summary=...)`` options wandb 0.31 accepts ("copy" is deprecated, "best" and
+#: ``goal=`` are gone); a comma joins several.
+summary_options = st.sampled_from(("min", "max", "mean", "last", "first", "none", "min,max"))
