@@ -111,6 +111,27 @@ class TestCommits:
             (5, 5, 4),
         ]
 
+    def test_a_closed_step_keeps_its_first_value_of_a_key(self, offline_run):
+        """Plain wandb wrote step 3 when step 4 came, so a second loss for step 3 must not
+        replace the first: it lands as an extra row of step 3; a new key still merges."""
+        native = offline_run()
+        for step, loss in ((3, 3.0), (4, 4.0), (3, 100.0)):
+            native.log({"loss": loss}, step=step)
+        stepsync.patch()
+        run = offline_run()
+        for step, loss in ((3, 3.0), (4, 4.0), (3, 100.0)):
+            run.log({"loss": loss}, step=step)
+        run.log({"acc": 0.5}, step=3)  # no collision: merges into the row of step 3
+        get_manager(run).flush()
+        assert run.summary["loss"] == 4.0  # the newest step's value, not the extra row's
+        got = rows(run)
+        assert [(r[AXIS], r["loss"], r.get("acc")) for r in got] == [
+            (3, 3.0, 0.5),
+            (3, 100.0, None),
+            (4, 4.0, None),
+        ]
+        assert [(r["_step"], r["loss"]) for r in rows(native)] == [(3, 3.0), (4, 4.0)]
+
     def test_leaving_a_scope_commits_it_and_every_step_below(self, offline_run):
         """Leaving the outermost scope of s commits s and every pending step below it, at once."""
         run = offline_run()
