@@ -1,4 +1,4 @@
-"""The core contract of DESIGN.md, rule by rule, on real offline wandb runs read back from disk."""
+"""The core contract of docs/design.md, rule by rule, on real offline runs read back from disk."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ Entry = tuple[int, dict[str, Any]]
 
 
 def merged(entries: list[Entry]) -> dict[str, Any]:
-    """DESIGN "Merging": per key, the lowest priority number wins, then the later write."""
+    """docs/design.md, merging: per key, the lowest priority number wins, then the later write."""
     row: dict[str, Any] = {}
     winner: dict[str, int] = {}
     for priority, data in entries:
@@ -56,7 +56,7 @@ def merged(entries: list[Entry]) -> dict[str, Any]:
 
 
 class Model:
-    """DESIGN.md as plain data: where every value goes and which rows wandb must end up with."""
+    """docs/design.md as plain data: where every value goes and which rows wandb must write."""
 
     def __init__(self, base: int, late: str, buffer_size: int) -> None:
         self.late = late

@@ -1,4 +1,4 @@
-"""Transparency (DESIGN.md, second promise): with stepsync on, wandb records what plain wandb does.
+"""Transparency (docs/design.md, "Two promises"): stepsync on, wandb records what plain wandb does.
 
 Plain wandb is the oracle. Every program below runs twice in this process, each on its own
 offline run: natively, then under ``stepsync.patch()``. Both run files are read back and
@@ -579,7 +579,7 @@ def recorded_config(records: list[Any]) -> dict[str, Any]:
 
 
 def effective_definitions(metrics: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per key the program logs, its definition as wandb-core resolves it (DESIGN.md, "Facts"):
+    """Per key the program logs, its definition as wandb-core resolves it (docs/design.md):
     definitions of one name merge (last step metric, ORed hidden/step_sync, summary options
     added) unless ``overwrite``; a definition by name beats any glob. A step metric on stepsync's
     axis counts as none (stepsync may add it), and ``step_sync`` only means something with one."""
