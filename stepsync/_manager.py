@@ -135,8 +135,8 @@ class StepManager:
         # What the timer saw of each pending bucket at its last tick; unchanged since = idle.
         self._idle_marks: dict[int, tuple[list[Entry], int]] = {}
         self._heap: list[int] = []
-        #: Extra rows of a pending step, committed right after it (see ``_collides``).
-        self._extra_rows: dict[int, list[Entry]] = {}
+        #: Extra rows of a pending closed step, committed right after it, in order.
+        self._extra_rows: dict[int, list[list[Entry]]] = {}
         self._entries = 0
         self._late_next: list[Entry] = []
         self._current: int | None = None
@@ -361,12 +361,9 @@ class StepManager:
             elif (
                 scope_step is None
                 and target < self._frontier
-                and _collides(bucket, entry)
                 and target not in _scope.open_scopes.values()
             ):
-                # The step is closed (wandb would have written its row): a second value for a
-                # key it holds must not replace the first one. It becomes a row of its own.
-                self._extra_rows.setdefault(target, []).append(entry)
+                self._add_to_closed_step(target, bucket, entry)
             else:
                 bucket.append(entry)
             self._entries += 1
@@ -376,6 +373,19 @@ class StepManager:
                 self._commit_overflow()
         finally:
             lock.release()
+
+    def _add_to_closed_step(self, step: int, bucket: list[Entry], entry: Entry) -> None:
+        """A value for a closed step (wandb would have written its row) merges into it, but a
+        second value for a key the row holds must not replace the first: it opens an extra row
+        of the step. Entries keep their order: each goes into the last row of the step."""
+        extra_rows = self._extra_rows.get(step)
+        last = extra_rows[-1] if extra_rows else bucket
+        if not _collides(last, entry):
+            last.append(entry)
+        elif extra_rows:
+            extra_rows.append([entry])
+        else:
+            self._extra_rows[step] = [[entry]]
 
     def _not_buffered(self, data: Mapping[str, Any], step: int | None, commit: bool | None) -> bool:
         """A disabled run, a finished one (raises, as wandb), or one whose step wandb owns."""
@@ -404,7 +414,9 @@ class StepManager:
                 return
             highest = max(self._pending)
             self._commit_through(highest - 1)
-            entries = self._pending.pop(highest) + self._extra_rows.pop(highest, [])
+            entries = self._pending.pop(highest)
+            for extra in self._extra_rows.pop(highest, []):
+                entries += extra
             self._heap.remove(highest)
             self._entries -= len(entries)
             row, _ = merge(entries)
@@ -540,8 +552,8 @@ class StepManager:
                 self._late_next = []
             self._commit_step(step, entries)
             for extra in self._extra_rows.pop(step, ()):
-                self._entries -= 1
-                self._commit_step(step, [extra])
+                self._entries -= len(extra)
+                self._commit_step(step, extra)
 
     def _commit_step(self, step: int, entries: list[Entry]) -> None:
         """Write one merged row for logical ``step`` through wandb's own ``log``."""
@@ -624,7 +636,8 @@ class StepManager:
                 return {}
             self._heap.remove(step)
             heapq.heapify(self._heap)
-            entries += self._extra_rows.pop(step, [])
+            for extra in self._extra_rows.pop(step, []):
+                entries += extra
             self._entries -= len(entries)
             merged, collisions = merge(entries)
             self._stats["key_conflicts"] += collisions

@@ -119,9 +119,10 @@ class TestCommits:
             native.log({"loss": loss}, step=step)
         stepsync.patch()
         run = offline_run()
-        for step, loss in ((3, 3.0), (4, 4.0), (3, 100.0)):
-            run.log({"loss": loss}, step=step)
+        run.log({"loss": 3.0}, step=3)
+        run.log({"loss": 4.0}, step=4)
         run.log({"acc": 0.5}, step=3)  # no collision: merges into the row of step 3
+        run.log({"loss": 100.0}, step=3)
         get_manager(run).flush()
         assert run.summary["loss"] == 4.0  # the newest step's value, not the extra row's
         got = rows(run)
