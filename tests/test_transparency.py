@@ -457,10 +457,12 @@ def outcome_of(
     """Read a finished run's file back into an Outcome."""
     records = read_records(run.settings.sync_file)
     raw_rows = read_history(run.settings.sync_file)
+    # wandb before wandb-core wrote what a glob expands to per key itself, in no fixed order:
+    # derived records, left out (the glob's own record stays).
     metrics = [
         MessageToDict(r.metric, preserving_proto_field_name=True)
         for r in records
-        if r.WhichOneof("record_type") == "metric"
+        if r.WhichOneof("record_type") == "metric" and not r.metric.expanded_from_glob
     ]
     summary = recorded_summary(records)
     return Outcome(
