@@ -32,6 +32,8 @@ LatePolicy = Literal["axis", "next", "drop", "raise"]
 Entry = tuple[int, dict[str, Any]]
 
 _by_priority = itemgetter(0)
+#: wandb's record of its own patches: TensorBoard sync can begin after a run's first call.
+_WANDB_PATCHES = _wandb.PATCHES
 
 #: How many keys the "already checked" cache of a manager holds at most: a job that logs new keys
 #: every step (``eval/sample_123``) keeps paying the check instead of growing the cache forever.
@@ -319,7 +321,7 @@ class StepManager:
             data = check_data(data)
         if step is not None:
             step = check_step(step)
-        if (self._closing or _wandb.PATCHES.get("tensorboard")) and self._not_buffered(
+        if (self._closing or _WANDB_PATCHES.get("tensorboard")) and self._not_buffered(
             data, step, commit
         ):
             return

@@ -11,7 +11,7 @@ wandb 0.31): so a ``last`` among those options is put right only at ``finish()``
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -74,7 +74,10 @@ class SummaryKeeper:
     ) -> None:
         """Note the row's keys at ``step``; write back what a late row overwrote."""
         newest = self._newest
-        keys = [key for key, _ in flat_items(row)]
+        if dict in map(type, row.values()):
+            keys: Iterable[str] = [key for key, _ in flat_items(row)]
+        else:
+            keys = row  # flat: the keys are the leaves (the common case, once per step)
         if late:
             keys = [key for key in keys if newest.get(key, -1) <= step]
         newest.update(dict.fromkeys(keys, step))
