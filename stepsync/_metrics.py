@@ -81,11 +81,11 @@ class MetricDefinitions:
                 redo.add(step_metric)
         if glob:
             redo.update(k for k in self._declared if k.startswith(key) and k not in self._names)
-        elif name in self._declared and overwrite:
-            redo.add(name)  # the user's overwrite removed stepsync's axis from the name
+        elif name in self._declared:
+            redo.add(name)  # now by name: what stepsync declared for it must follow
         if not self.switched:
             return []
-        return [d for k in sorted(redo) if (d := self._redeclaration(k)) is not None]
+        return [self._redeclaration(k) for k in sorted(redo)]
 
     def committed(self, row: Mapping[str, Any]) -> list[Declaration]:
         """A row was committed: what to declare for its numeric keys not seen before.
@@ -134,37 +134,33 @@ class MetricDefinitions:
         return self._globs[max(prefixes, key=len)] if prefixes else None
 
     def _axis_options(self, key: str) -> dict[str, Any] | None:
-        """How stepsync declares ``key``, or None when the user's own axis applies to it."""
+        """How stepsync declares ``key``: what the user's definitions give it, plus the axis.
+
+        None when the user's own axis applies (a step metric by name or glob, or the key is
+        the user's step metric). A glob's options are carried into the declaration, since a
+        definition by name hides every glob.
+        """
         if key in self._step_keys:
             return None
-        by_name = self._names.get(key)
-        if by_name is not None:
-            # merges with the user's definition: only the step metric is added
-            return None if by_name.step_metric else {"step_metric": self._axis, "step_sync": False}
         definition = self._effective(key)
         if definition is None:
             return {"step_metric": self._axis, "step_sync": False}
         if definition.step_metric:
-            return None  # the user's glob puts the key on their axis
-        # A definition by name would hide the user's glob: carry its options.
-        return _options(replace(definition, step_metric=self._axis, step_sync=False))
+            return None
+        by_name = key in self._names  # its step_sync is the user's; a glob's is not carried
+        step_sync = definition.step_sync and by_name
+        return _options(replace(definition, step_metric=self._axis, step_sync=step_sync))
 
-    def _redeclaration(self, key: str) -> Declaration | None:
-        """Declare ``key`` again after a user definition changed what applies to it."""
+    def _redeclaration(self, key: str) -> Declaration:
+        """Declare ``key`` again, whole (``overwrite``), after a user definition changed what
+        applies to it: what stepsync declared before may hold a glob's options or the axis."""
         self._declared.discard(key)
         options = self._axis_options(key)
-        if key in self._names and key not in self._step_keys:
-            # The user's own definition by name: stepsync's merges into it (adds the axis only).
-            if options is None:
-                return None
+        if options is None:  # no stepsync axis any more: exactly the user's definitions
+            options = _options(self._effective(key) or Definition())
+        else:
             self._declared.add(key)
-            return key, options
-        if options is not None:  # stepsync's copy of a glob's options: replaced whole
-            self._declared.add(key)
-            return key, {**options, "overwrite": True}
-        # No stepsync axis any more: what the user's own definitions give the key.
-        definition = self._effective(key) or Definition()
-        return key, {**_options(definition), "overwrite": True}
+        return key, {**options, "overwrite": True}
 
 
 def _options(definition: Definition) -> dict[str, Any]:

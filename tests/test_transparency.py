@@ -956,3 +956,27 @@ class TestRegressions:
         assert not [m for m in synced.raw_metrics if m.get("name") == "epoch"], (
             "stepsync declared the user's step metric"
         )
+
+    def test_definitions_after_the_switch_have_their_native_effect(self, offline_run):
+        """After a late row put every key on stepsync's axis, later user definitions (a name
+        that now beats a glob, a glob gaining a step metric, an overwrite) resolve as natively;
+        only stepsync's axis is added where the user set no step metric."""
+
+        def body(run: Any) -> None:
+            run.define_metric("val/*", summary="min", hidden=True)
+            for step in range(3):
+                run.log({"val/acc": step / 4, "loss": step, "x": 1.0}, step=step)
+            run.log({"val/acc": 0.1}, step=0)  # late: dropped natively, the switch under stepsync
+            assert run.summary["loss"] == 1  # a read: stepsync commits the closed steps first
+            run.define_metric("val/acc", step_metric="epoch")  # by name: the glob stops applying
+            run.define_metric("val/*", summary="max")  # the glob grows, for val/loss only
+            run.define_metric("loss", summary="mean")
+            run.define_metric("loss", overwrite=True, summary="last")
+            run.log({"val/acc": 0.9, "val/loss": 0.5, "loss": 3, "x": 2.0, "epoch": 1}, step=3)
+
+        native, synced = both(offline_run, body)
+        assert "hidden" not in native.definitions["val/acc"]
+        assert synced.definitions == native.definitions
+        axis = {m["name"] for m in synced.raw_metrics if m.get("step_metric") == AXIS}
+        assert {"loss", "x", "val/loss"} <= axis  # the keys without a user step metric
+        assert "epoch" not in axis
