@@ -259,6 +259,7 @@ class StepManager:
                 # late="next" data with no later step to ride on: an extra row at the last step.
                 entries, self._late_next = self._late_next, []
                 self._commit_step(self._committed_through, entries)
+            self._summary.restore()
 
     def finalize(self) -> None:
         """Flush, stop the background flusher and report dropped data; call before finish."""
@@ -515,6 +516,7 @@ class StepManager:
                         through = step
             if through is not None:
                 self._commit_through(through)
+            self._summary.restore()  # what late rows overwrote, at most once a tick
 
     def _before_summary_read(self) -> None:
         """User code reads ``run.summary``: commit the closed steps first, as wandb would have."""
@@ -528,6 +530,7 @@ class StepManager:
                     through = step
                 if through is not None:
                     self._commit_through(through)
+                self._summary.restore()
         except Exception:
             logger.exception("stepsync: could not commit closed steps before a summary read")
 
@@ -575,7 +578,6 @@ class StepManager:
         new_keys = self._new_keys
         if new_keys and not self._pending and not self._late_next:
             self._new_keys = False  # every entry left has known keys
-        overwritten = self._summary.before_late_row(step, merged) if late else None
         try:
             native = self._write_row(step, merged, native)
         except Exception:
@@ -596,7 +598,9 @@ class StepManager:
             stats["step_jumps"] += 1
             if not self._metrics.switched:
                 self._declare(self._metrics.switch())
-        self._summary.after_row(step, merged, late, overwritten)
+        self._summary.after_row(step, merged, late)
+        if late:
+            self._ensure_flusher()  # its tick writes back the summaries late rows overwrote
 
     def _write_row(self, step: int, row: dict[str, Any], native: int) -> int:
         """Commit ``row``; a value wandb refuses costs only its own key (reported at ERROR)."""

@@ -1,8 +1,10 @@
 """Keep each key's summary at its newest logical step, whatever late rows do.
 
 wandb-core's summary is the last value written per key, in record order, so a late row would
-become the run's result. After a late row, stepsync writes back what it overwrote, leaf by leaf
-(nested keys by their dotted names, as wandb's definitions see them). Keys with a user
+become the run's result. stepsync remembers each key's value at its newest logical step (nested
+keys by their dotted names, as wandb's definitions see them) and writes back what late rows
+overwrote: before user code reads ``run.summary``, at ``flush()``, on the idle timer's tick and at
+``finish()``, one summary update each time, never a round trip per late row. Keys with a user
 ``summary=`` are aggregated by wandb-core over every row (the late value rightly takes part in
 min, max, mean), but wandb-core stops aggregating a key once its summary is written (measured,
 wandb 0.31): so a ``last`` among those options is put right only at ``finish()``.
@@ -10,103 +12,91 @@ wandb 0.31): so a ``last`` among those options is put right only at ``finish()``
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
+from wandb.util import json_dumps_safer_history
+
 from stepsync import _wandb
-from stepsync._metrics import MetricDefinitions, flat_items
+from stepsync._metrics import MetricDefinitions
 
 logger = logging.getLogger("stepsync")
 
 #: A summary entry by its path: ``("train", "loss")`` is the nested key ``train.loss``.
 Path = tuple[str, ...]
-
-
-@dataclass
-class Overwritten:
-    """What a late row is about to overwrite: the summary values that must stay."""
-
-    now: dict[Path, Any] = field(default_factory=dict)  # default summary: written back at once
-    at_finish: dict[Path, Any] = field(default_factory=dict)  # a user `last`: fixed at finish
+#: Values the summary holds as they are.
+_SCALARS = (int, float, str, bool, type(None))
 
 
 class SummaryKeeper:
-    """The newest logical step of every key of one run, and the summary fixes late rows need."""
+    """The newest logical step and value of every key of one run, and the keys to put back."""
 
     def __init__(self, run: Any, metrics: MetricDefinitions) -> None:
         self._run = run
         self._metrics = metrics
-        self._newest: dict[str, int] = {}  # dotted key -> newest logical step committed
-        self._last_fixes: dict[Path, Any] = {}
+        self._newest_step: dict[Path, int] = {}  # leaf -> newest logical step committed
+        self._newest_value: dict[Path, Any] = {}  # leaf -> its value there
+        self._stale: set[Path] = set()  # leaves a late row overwrote: written back at `restore()`
+        self._last_fixes: set[Path] = set()  # leaves with a user `last`: written back at finish
 
-    def before_late_row(self, step: int, row: Mapping[str, Any]) -> Overwritten | None:
-        """Read the summary a late row of ``step`` will overwrite (one round trip), if needed."""
-        newest = self._newest
-        stale = [
-            key
-            for key, _ in flat_items(row)
-            if newest.get(key, -1) > step and not key.startswith("_")
-        ]
-        if not stale:
-            return None
-        try:
-            summary = _wandb.read_summary(self._run)
-        except Exception:
-            logger.exception("stepsync: could not read the summary before a late row")
-            return None
-        overwritten = Overwritten()
-        for key in stale:
-            path = tuple(key.split("."))
-            found, value = _lookup(summary, path)
-            if not found:
-                continue
-            options = self._metrics.summary_of(key)
-            if not options:
-                overwritten.now[path] = value
-            elif "last" in options and isinstance(value, Mapping):
-                overwritten.at_finish[path] = value.get("last")
-        return overwritten
-
-    def after_row(
-        self, step: int, row: Mapping[str, Any], late: bool, overwritten: Overwritten | None
-    ) -> None:
-        """Note the row's keys at ``step``; write back what a late row overwrote."""
-        newest = self._newest
+    def after_row(self, step: int, row: Mapping[str, Any], late: bool) -> None:
+        """Note a committed row; a late one marks the keys whose summary it overwrote."""
+        leaves: Iterable[tuple[Path, Any]]
         if dict in map(type, row.values()):
-            keys: Iterable[str] = [key for key, _ in flat_items(row)]
+            leaves = list(_leaves(row, ()))
         else:
-            keys = row  # flat: the keys are the leaves (the common case, once per step)
+            leaves = [((key,), value) for key, value in row.items()]  # flat: the common case
+        newest = self._newest_step
         if late:
-            keys = [key for key in keys if newest.get(key, -1) <= step]
-        newest.update(dict.fromkeys(keys, step))
-        if self._last_fixes:
-            for key in keys:  # this row is the key's newest: its `last` is right
-                self._last_fixes.pop(tuple(key.split(".")), None)
-        if overwritten is None:
+            overwritten = [key for key, _ in leaves if newest.get(key, -1) > step]
+            if overwritten:
+                self._mark_stale(overwritten)
+                leaves = [(key, value) for key, value in leaves if newest.get(key, -1) <= step]
+        elif self._stale or self._last_fixes:
+            written = {key for key, _ in leaves}  # a newer row writes these summaries itself
+            self._stale -= written
+            self._last_fixes -= written
+        values = dict(leaves)
+        newest.update(dict.fromkeys(values, step))
+        self._newest_value.update(values)
+
+    def restore(self) -> None:
+        """Write back the summaries late rows overwrote: each key's value at its newest step."""
+        if not self._stale:
             return
-        for path, value in overwritten.at_finish.items():
-            self._last_fixes.setdefault(path, value)
-        self._write(overwritten.now)
+        keys, self._stale = self._stale, set()
+        self._write({key: _as_written(self._newest_value[key]) for key in keys})
 
     def at_finish(self) -> None:
-        """Put the user's ``summary="...,last"`` keys back at their newest logical step."""
+        """The last restore, and the user's ``summary="...,last"`` keys put right."""
+        self.restore()
         if not self._last_fixes:
             return
-        fixes, self._last_fixes = self._last_fixes, {}
+        keys, self._last_fixes = self._last_fixes, set()
         try:
             summary = _wandb.read_summary(self._run)
         except Exception:
             logger.exception("stepsync: could not read the summary at finish")
             return
-        values = {}
-        for path, last in fixes.items():
-            found, aggregate = _lookup(summary, path)
-            if found and isinstance(aggregate, Mapping):
+        values: dict[Path, Any] = {}
+        for key in keys:
+            aggregate = _lookup(summary, key)
+            if isinstance(aggregate, Mapping):
                 # the whole aggregate: writing only its `last` would drop the others (measured)
-                values[path] = {**aggregate, "last": last}
+                values[key] = {**aggregate, "last": _as_written(self._newest_value[key])}
         self._write(values)
+
+    def _mark_stale(self, keys: list[Path]) -> None:
+        for key in keys:
+            if key[0].startswith("_") or _is_media(self._newest_value.get(key)):
+                continue
+            options = self._metrics.summary_of(".".join(key))
+            if not options:
+                self._stale.add(key)
+            elif "last" in options:
+                self._last_fixes.add(key)
 
     def _write(self, values: dict[Path, Any]) -> None:
         if not values:
@@ -114,13 +104,34 @@ class SummaryKeeper:
         try:
             _wandb.write_summary(self._run, values)
         except Exception:
-            logger.exception("stepsync: could not restore the summary of %s", list(values))
+            logger.exception("stepsync: could not restore the summary of %s", sorted(values))
 
 
-def _lookup(summary: Mapping[str, Any], path: Path) -> tuple[bool, Any]:
+def _leaves(row: Mapping[str, Any], prefix: Path) -> Iterable[tuple[Path, Any]]:
+    """Every leaf of a row by its path; a dict with a ``_type`` (media, histogram) is a leaf."""
+    for key, value in row.items():
+        if type(value) is dict and "_type" not in value:
+            yield from _leaves(value, (*prefix, key))
+        else:
+            yield (*prefix, key), value
+
+
+def _is_media(value: Any) -> bool:
+    """wandb's own objects (images, tables ...): bound to the run at their row, left alone."""
+    return type(value).__module__.startswith("wandb.")
+
+
+def _as_written(value: Any) -> Any:
+    """A captured value as wandb wrote it into the row (arrays become lists or histograms)."""
+    if isinstance(value, _SCALARS):
+        return value
+    return json.loads(json_dumps_safer_history(value))
+
+
+def _lookup(summary: Mapping[str, Any], key: Path) -> Any:
     node: Any = summary
-    for part in path:
+    for part in key:
         if not isinstance(node, Mapping) or part not in node:
-            return False, None
+            return None
         node = node[part]
-    return True, node
+    return node
