@@ -24,8 +24,8 @@ from stepsync._metrics import MetricDefinitions
 
 logger = logging.getLogger("stepsync")
 
-#: A summary entry by its path: ``("train", "loss")`` is the nested key ``train.loss``.
-Path = tuple[str, ...]
+#: A summary entry: a top-level key, or the path of a nested one (``("train", "loss")``).
+Leaf = str | tuple[str, ...]
 #: Values the summary holds as they are.
 _SCALARS = (int, float, str, bool, type(None))
 
@@ -36,18 +36,16 @@ class SummaryKeeper:
     def __init__(self, run: Any, metrics: MetricDefinitions) -> None:
         self._run = run
         self._metrics = metrics
-        self._newest_step: dict[Path, int] = {}  # leaf -> newest logical step committed
-        self._newest_value: dict[Path, Any] = {}  # leaf -> its value there
-        self._stale: set[Path] = set()  # leaves a late row overwrote: written back at `restore()`
-        self._last_fixes: set[Path] = set()  # leaves with a user `last`: written back at finish
+        self._newest_step: dict[Leaf, int] = {}  # leaf -> newest logical step committed
+        self._newest_value: dict[Leaf, Any] = {}  # leaf -> its value there
+        self._stale: set[Leaf] = set()  # leaves a late row overwrote: written back at `restore()`
+        self._last_fixes: set[Leaf] = set()  # leaves with a user `last`: written back at finish
 
     def after_row(self, step: int, row: Mapping[str, Any], late: bool) -> None:
         """Note a committed row; a late one marks the keys whose summary it overwrote."""
-        leaves: Iterable[tuple[Path, Any]]
-        if dict in map(type, row.values()):
-            leaves = list(_leaves(row, ()))
-        else:
-            leaves = [((key,), value) for key, value in row.items()]  # flat: the common case
+        nested = dict in map(type, row.values())
+        # flat (the common case): the keys are the leaves
+        leaves: Iterable[tuple[Leaf, Any]] = list(_leaves(row)) if nested else row.items()
         newest = self._newest_step
         if late:
             overwritten = [key for key, _ in leaves if newest.get(key, -1) > step]
@@ -80,7 +78,7 @@ class SummaryKeeper:
         except Exception:
             logger.exception("stepsync: could not read the summary at finish")
             return
-        values: dict[Path, Any] = {}
+        values: dict[Leaf, Any] = {}
         for key in keys:
             aggregate = _lookup(summary, key)
             if isinstance(aggregate, Mapping):
@@ -88,32 +86,35 @@ class SummaryKeeper:
                 values[key] = {**aggregate, "last": _as_written(self._newest_value[key])}
         self._write(values)
 
-    def _mark_stale(self, keys: list[Path]) -> None:
+    def _mark_stale(self, keys: list[Leaf]) -> None:
         for key in keys:
-            if key[0].startswith("_") or _is_media(self._newest_value.get(key)):
+            name = key if isinstance(key, str) else ".".join(key)
+            if name.startswith("_") or _is_media(self._newest_value.get(key)):
                 continue
-            options = self._metrics.summary_of(".".join(key))
+            options = self._metrics.summary_of(name)
             if not options:
                 self._stale.add(key)
             elif "last" in options:
                 self._last_fixes.add(key)
 
-    def _write(self, values: dict[Path, Any]) -> None:
+    def _write(self, values: dict[Leaf, Any]) -> None:
         if not values:
             return
         try:
-            _wandb.write_summary(self._run, values)
+            paths = {(k,) if isinstance(k, str) else k: value for k, value in values.items()}
+            _wandb.write_summary(self._run, paths)
         except Exception:
             logger.exception("stepsync: could not restore the summary of %s", sorted(values))
 
 
-def _leaves(row: Mapping[str, Any], prefix: Path) -> Iterable[tuple[Path, Any]]:
-    """Every leaf of a row by its path; a dict with a ``_type`` (media, histogram) is a leaf."""
+def _leaves(row: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterable[tuple[Leaf, Any]]:
+    """Every leaf of a row; a dict with a ``_type`` (media, a histogram) is one leaf."""
     for key, value in row.items():
+        path = (*prefix, key)
         if type(value) is dict and "_type" not in value:
-            yield from _leaves(value, (*prefix, key))
+            yield from _leaves(value, path)
         else:
-            yield (*prefix, key), value
+            yield (path if prefix else key), value
 
 
 def _is_media(value: Any) -> bool:
@@ -128,9 +129,9 @@ def _as_written(value: Any) -> Any:
     return json.loads(json_dumps_safer_history(value))
 
 
-def _lookup(summary: Mapping[str, Any], key: Path) -> Any:
+def _lookup(summary: Mapping[str, Any], key: Leaf) -> Any:
     node: Any = summary
-    for part in key:
+    for part in (key,) if isinstance(key, str) else key:
         if not isinstance(node, Mapping) or part not in node:
             return None
         node = node[part]
