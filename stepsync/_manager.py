@@ -128,7 +128,7 @@ class StepManager:
             self._noop or self._passthrough or not _wandb.add_finish_hook(run, self._on_run_finish)
         )
         if not self._closing:
-            _wandb.before_summary_reads(run, self._before_summary_read)
+            _wandb.before_summary_reads(run, self.commit_closed_steps)
         _registry.register(self, run)
 
     def _reset_state(self) -> None:
@@ -518,8 +518,10 @@ class StepManager:
                 self._commit_through(through)
             self._summary.restore()  # what late rows overwrote, at most once a tick
 
-    def _before_summary_read(self) -> None:
-        """User code reads ``run.summary``: commit the closed steps first, as wandb would have."""
+    def commit_closed_steps(self) -> None:
+        """Commit the steps plain wandb would already have written (below the open step, no
+        scope open): user code is about to read ``run.summary`` or define a metric, and what it
+        sees or changes must be what it would see natively."""
         try:
             with self._lock:
                 open_steps = set(_scope.open_scopes.values())
@@ -532,7 +534,7 @@ class StepManager:
                     self._commit_through(through)
                 self._summary.restore()
         except Exception:
-            logger.exception("stepsync: could not commit closed steps before a summary read")
+            logger.exception("stepsync: could not commit the closed steps")
 
     def _commit_overflow(self) -> None:
         """Too many entries are pending: commit the lowest closed steps until under the limit."""

@@ -94,8 +94,11 @@ class MetricDefinitions:
         when a key whose value is a dict (nested values, media, histograms) is defined
         (measured), so nested values are declared leaf by leaf, by their dotted names.
         """
+        charted = self._charted
         new = [
-            key for key, value in flat_items(row) if key not in self._charted and _is_number(value)
+            name
+            for leaf, value in leaves(row)
+            if (name := dotted(leaf)) not in charted and _is_number(value)
         ]
         if not new:
             return []
@@ -176,16 +179,24 @@ def _options(definition: Definition) -> dict[str, Any]:
     return options
 
 
-def flat_items(row: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """The leaves of a row by the names wandb charts them under (nested keys joined by ".").
+#: A leaf of a row: a top-level key, or the path of a nested one (``("train", "loss")``).
+Leaf = str | tuple[str, ...]
 
-    A dict with a ``_type`` (media, a histogram, as wandb encodes them) is one leaf.
-    """
+
+def leaves(row: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[Leaf, Any]]:
+    """Every leaf of a row; a dict with a ``_type`` (media, a histogram, as wandb encodes them)
+    is one leaf."""
     for key, value in row.items():
+        path = (*prefix, key)
         if type(value) is dict and "_type" not in value:
-            yield from flat_items(value, f"{prefix}{key}.")
+            yield from leaves(value, path)
         else:
-            yield prefix + key, value
+            yield (path if prefix else key), value
+
+
+def dotted(leaf: Leaf) -> str:
+    """The name wandb charts a leaf under (nested keys joined by ".")."""
+    return leaf if isinstance(leaf, str) else ".".join(leaf)
 
 
 def _is_number(value: Any) -> bool:

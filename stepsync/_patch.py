@@ -90,6 +90,11 @@ def recording_define_metric(original: Function) -> Function:
 
     @functools.wraps(original)
     def define_metric(run: Any, *args: Any, **kwargs: Any) -> Any:
+        manager = run.__dict__.get(_registry.ATTR) if _patched else None
+        if manager is not None and not _GUARD.active:
+            # Natively the rows of closed steps are written before this definition: it must
+            # not reach them (a new step metric would be put into them, step_sync).
+            manager.commit_closed_steps()
         result = original(run, *args, **kwargs)  # wandb checks the arguments first
         if _patched and not _GUARD.active:
             try:

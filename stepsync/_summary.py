@@ -20,12 +20,10 @@ from typing import Any
 from wandb.util import json_dumps_safer_history
 
 from stepsync import _wandb
-from stepsync._metrics import MetricDefinitions
+from stepsync._metrics import Leaf, MetricDefinitions, dotted, leaves
 
 logger = logging.getLogger("stepsync")
 
-#: A summary entry: a top-level key, or the path of a nested one (``("train", "loss")``).
-Leaf = str | tuple[str, ...]
 #: Values the summary holds as they are.
 _SCALARS = (int, float, str, bool, type(None))
 
@@ -45,18 +43,18 @@ class SummaryKeeper:
         """Note a committed row; a late one marks the keys whose summary it overwrote."""
         nested = dict in map(type, row.values())
         # flat (the common case): the keys are the leaves
-        leaves: Iterable[tuple[Leaf, Any]] = list(_leaves(row)) if nested else row.items()
+        items: Iterable[tuple[Leaf, Any]] = list(leaves(row)) if nested else row.items()
         newest = self._newest_step
         if late:
-            overwritten = [key for key, _ in leaves if newest.get(key, -1) > step]
+            overwritten = [key for key, _ in items if newest.get(key, -1) > step]
             if overwritten:
                 self._mark_stale(overwritten)
-                leaves = [(key, value) for key, value in leaves if newest.get(key, -1) <= step]
+                items = [(key, value) for key, value in items if newest.get(key, -1) <= step]
         elif self._stale or self._last_fixes:
-            written = {key for key, _ in leaves}  # a newer row writes these summaries itself
+            written = {key for key, _ in items}  # a newer row writes these summaries itself
             self._stale -= written
             self._last_fixes -= written
-        values = dict(leaves)
+        values = dict(items)
         newest.update(dict.fromkeys(values, step))
         self._newest_value.update(values)
 
@@ -88,7 +86,7 @@ class SummaryKeeper:
 
     def _mark_stale(self, keys: list[Leaf]) -> None:
         for key in keys:
-            name = key if isinstance(key, str) else ".".join(key)
+            name = dotted(key)
             if name.startswith("_") or _is_media(self._newest_value.get(key)):
                 continue
             options = self._metrics.summary_of(name)
@@ -105,16 +103,6 @@ class SummaryKeeper:
             _wandb.write_summary(self._run, paths)
         except Exception:
             logger.exception("stepsync: could not restore the summary of %s", sorted(values))
-
-
-def _leaves(row: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterable[tuple[Leaf, Any]]:
-    """Every leaf of a row; a dict with a ``_type`` (media, a histogram) is one leaf."""
-    for key, value in row.items():
-        path = (*prefix, key)
-        if type(value) is dict and "_type" not in value:
-            yield from _leaves(value, path)
-        else:
-            yield (path if prefix else key), value
 
 
 def _is_media(value: Any) -> bool:
