@@ -37,16 +37,16 @@ def _capture_value(value: Any) -> Any:  # noqa: PLR0911  (one return per kind of
         return value
     if kind is dict or isinstance(value, Mapping):
         return {key: _capture_value(item) for key, item in value.items()}
-    module = kind.__module__
-    if module.startswith("wandb."):
+    if is_wandb_object(value):
         return value  # media, tables, charts: wandb's own snapshots
+    module = kind.__module__
     if module == "numpy":
         numpy = sys.modules["numpy"]
         if isinstance(value, numpy.generic):
             return value  # a numpy scalar is immutable
         if isinstance(value, numpy.ndarray) and not value.dtype.hasobject:
             return value.copy()  # wandb converts the copy at commit as it would the original
-    elif isinstance(value, (list, tuple)) and value and all(_is_wandb(v) for v in value):
+    elif isinstance(value, (list, tuple)) and value and all(map(is_wandb_object, value)):
         return list(value)  # a list of media: wandb logs it as one media sequence
     elif _converted_by_wandb_later(value):
         return _to_wandb_media(value)
@@ -55,7 +55,8 @@ def _capture_value(value: Any) -> Any:  # noqa: PLR0911  (one return per kind of
     return json.loads(json_dumps_safer_history(value))
 
 
-def _is_wandb(value: Any) -> bool:
+def is_wandb_object(value: Any) -> bool:
+    """wandb's own objects (media, tables, charts): snapshots when made, bound to a run later."""
     return type(value).__module__.startswith("wandb.")
 
 

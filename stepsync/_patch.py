@@ -90,18 +90,19 @@ def recording_define_metric(original: Function) -> Function:
 
     @functools.wraps(original)
     def define_metric(run: Any, *args: Any, **kwargs: Any) -> Any:
-        manager = run.__dict__.get(_registry.ATTR) if _patched else None
-        if manager is not None and not _GUARD.active:
+        if not _patched or _GUARD.active:  # stepsync's own declarations, or unpatched
+            return original(run, *args, **kwargs)
+        manager = run.__dict__.get(_registry.ATTR)
+        if manager is not None:
             # Natively the rows of closed steps are written before this definition: it must
             # not reach them (a new step metric would be put into them, step_sync).
             manager.commit_closed_steps()
         result = original(run, *args, **kwargs)  # wandb checks the arguments first
-        if _patched and not _GUARD.active:
-            try:
-                name, options = _define_metric_args(*args, **kwargs)
-                _registry.get_manager(run).user_defined_metric(name, **options)
-            except Exception:
-                logger.debug("stepsync: could not record define_metric", exc_info=True)
+        try:
+            name, options = _define_metric_args(*args, **kwargs)
+            _registry.get_manager(run).user_defined_metric(name, **options)
+        except Exception:
+            logger.debug("stepsync: could not record define_metric", exc_info=True)
         return result
 
     return define_metric

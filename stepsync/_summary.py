@@ -20,6 +20,7 @@ from typing import Any
 from wandb.util import json_dumps_safer_history
 
 from stepsync import _wandb
+from stepsync._capture import is_wandb_object
 from stepsync._metrics import Leaf, MetricDefinitions, dotted, leaves
 
 logger = logging.getLogger("stepsync")
@@ -87,7 +88,7 @@ class SummaryKeeper:
     def _mark_stale(self, keys: list[Leaf]) -> None:
         for key in keys:
             name = dotted(key)
-            if name.startswith("_") or _is_media(self._newest_value.get(key)):
+            if name.startswith("_") or is_wandb_object(self._newest_value.get(key)):
                 continue
             options = self._metrics.summary_of(name)
             if not options:
@@ -103,11 +104,6 @@ class SummaryKeeper:
             _wandb.write_summary(self._run, paths)
         except Exception:
             logger.exception("stepsync: could not restore the summary of %s", sorted(values))
-
-
-def _is_media(value: Any) -> bool:
-    """wandb's own objects (images, tables ...): bound to the run at their row, left alone."""
-    return type(value).__module__.startswith("wandb.")
 
 
 def _as_written(value: Any) -> Any:

@@ -89,11 +89,6 @@ def native_define_metric(run: Any, name: str, **options: Any) -> None:
     call_native(ORIGINALS["define_metric"], run, name, **options)
 
 
-def native_step(run: Any) -> int:
-    """``run.step`` as wandb itself answers it."""
-    return int(ORIGINALS["step"].fget(run))
-
-
 def wandb_owns_step() -> bool:
     """True while wandb ignores ``log(step=...)`` and numbers every row itself.
 
