@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from stepsync._api import step_scope
 from stepsync._config import configure
 from stepsync._errors import LateStepError, NoActiveRunError
 from stepsync._producers import logs_metrics
-from stepsync._registry import get_manager
-from stepsync._scope import propagate, step_scope
+from stepsync._scope import propagate
 
 if TYPE_CHECKING:
-    from stepsync._manager import StepManager
+    from stepsync._manager import StepManager, get_manager
     from stepsync._patch import is_patched, patch, unpatch
 
 __version__ = "0.1.0"
@@ -34,6 +34,7 @@ __all__ = [
 # and the CLI's `run`/`scan` stay fast.
 _LAZY = {
     "StepManager": "stepsync._manager",
+    "get_manager": "stepsync._manager",
     "is_patched": "stepsync._patch",
     "patch": "stepsync._patch",
     "unpatch": "stepsync._patch",

@@ -1,21 +1,44 @@
-"""Defaults for implicit managers: ``configure()``, then ``STEPSYNC_*``, then built-ins."""
+"""Manager options: the one place for their defaults, checks and names.
+
+Implicit managers (``get_manager``, the patch) take ``configure()``, then ``STEPSYNC_*``, then
+the defaults below; an explicit ``StepManager(...)`` takes its own arguments.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, get_args
 
 logger = logging.getLogger("stepsync")
 
-LATE_POLICIES = ("axis", "next", "drop", "raise")
+#: What happens to a value for a step whose row is already written (README, "The rules").
+LatePolicy = Literal["axis", "next", "drop", "raise"]
+LATE_POLICIES: tuple[str, ...] = get_args(LatePolicy)
 
-_BUILTIN: dict[str, Any] = {
-    "buffer_size": 100,
-    "flush_interval": 2.0,
-    "late": "axis",
-    "axis_key": "stepsync/step",
-}
+#: The source and priority of a call made outside any ``@logs_metrics`` function.
+DEFAULT_SOURCE = "default"
+DEFAULT_PRIORITY = 5
+
+
+@dataclass(frozen=True)
+class Options:
+    """The options of one manager, checked (``Options.checked``) before use."""
+
+    buffer_size: int = 100
+    flush_interval: float = 2.0
+    late: LatePolicy = "axis"
+    axis_key: str = "stepsync/step"
+
+    @classmethod
+    def checked(cls, **options: Any) -> Options:
+        """Options from keyword arguments, each checked like a call-site argument."""
+        return cls(**{name: check_option(name, value) for name, value in options.items()})
+
+
+DEFAULTS = Options()
+
 _ENV = {
     "buffer_size": "STEPSYNC_BUFFER_SIZE",
     "flush_interval": "STEPSYNC_FLUSH_INTERVAL",
@@ -46,7 +69,8 @@ def check_option(name: str, value: Any) -> Any:
         if not isinstance(value, str) or not value or value.startswith("_"):
             raise ValueError("stepsync: axis_key must be a non-empty str not starting with '_'")
     else:
-        raise TypeError(f"stepsync: unknown option {name!r}; expected one of {sorted(_BUILTIN)}")
+        known = sorted(asdict(DEFAULTS))
+        raise TypeError(f"stepsync: unknown option {name!r}; expected one of {known}")
     return value
 
 
@@ -60,7 +84,7 @@ def configure(**defaults: Any) -> None:
 
 
 def _from_env(name: str) -> Any:
-    raw = os.environ.get(_ENV.get(name, ""), "").strip()
+    raw = os.environ.get(_ENV[name], "").strip()
     if not raw:
         return None
     try:
@@ -77,7 +101,7 @@ def _from_env(name: str) -> Any:
 
 def manager_defaults() -> dict[str, Any]:
     """The options for a manager created implicitly (by ``get_manager`` or the patch)."""
-    options = dict(_BUILTIN)
+    options = asdict(DEFAULTS)
     for name in _ENV:
         value = _from_env(name)
         if value is not None:

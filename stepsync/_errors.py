@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class LateStepError(ValueError):
     """A value arrived for a step that is already committed, under ``late="raise"``."""
@@ -17,3 +19,14 @@ class LateStepError(ValueError):
 
 class NoActiveRunError(RuntimeError):
     """There is no wandb run to log to: call ``wandb.init()`` first or pass ``run=``."""
+
+
+class RankMismatchError(RuntimeError):
+    """The ranks of a group did not enter the same synced step (or one never arrived)."""
+
+    def __init__(self, message: str, step: int, steps: Mapping[int, int] | None = None) -> None:
+        super().__init__(message)
+        #: The step this rank was exchanging.
+        self.step = step
+        #: Global rank -> the step it was exchanging; None when a rank never arrived.
+        self.steps = dict(steps) if steps is not None else None

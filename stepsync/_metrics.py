@@ -19,6 +19,10 @@ from typing import Any
 #: One declaration to make: the metric's name and ``define_metric`` keyword arguments.
 Declaration = tuple[str, dict[str, Any]]
 
+#: How many top-level keys a run remembers as looked at: a job that logs new keys every step
+#: (``eval/sample_123``) keeps paying the look instead of growing the set forever.
+SEEN_MAX = 65_536
+
 
 @dataclass(frozen=True)
 class Definition:
@@ -49,6 +53,7 @@ class MetricDefinitions:
         self._step_keys: set[str] = set()  # every key the user named as a step metric
         self._declared: set[str] = set()  # keys stepsync put on its axis
         self._charted: set[str] = set()  # every numeric key (nested: dotted) committed so far
+        self._seen: set[str] = set()  # top-level keys already looked at, with a flat value
         #: True from the first row whose native step differs from its logical step.
         self.switched = False
 
@@ -94,6 +99,13 @@ class MetricDefinitions:
         when a key whose value is a dict (nested values, media, histograms) is defined
         (measured), so nested values are declared leaf by leaf, by their dotted names.
         """
+        seen = self._seen
+        if seen.issuperset(row):
+            return []
+        for key, value in row.items():
+            # a nested value may bring new leaves later, so its key is looked at every time
+            if type(value) is not dict and len(seen) < SEEN_MAX:
+                seen.add(key)
         charted = self._charted
         new = [
             name

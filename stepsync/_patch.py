@@ -2,12 +2,11 @@
 
 The wrappers sit on the class, so ``wandb.log``, ``run.log`` and every integration see them. Each
 is a plain function made to look like the one it replaces (``functools.wraps``: name, docstring,
-signature, ``__wrapped__``), as wandb's own decorators are: on the path of every ``log`` call a
-``wrapt.FunctionWrapper`` costs 0.08 us more a call, and 0.45 us more when the call looks
-``run.log`` up first, as most code does. The routing wrapper stands in front of ``Run.log``'s own
-decorators (they cost more than stepsync's whole path); the manager commits through the
-unpatched ``Run._log`` (a forked child through ``Run.log``, with a guard up), so a commit never
-re-enters the patch, and the ``_log`` wrapper only routes calls that did not come through ``log``.
+signature, ``__wrapped__``), as wandb's own decorators are; a ``wrapt.FunctionWrapper`` would cost
+each call more than stepsync's own routing. The routing wrapper stands in front of ``Run.log``'s
+own decorators (stepsync checks the arguments itself); the manager commits through the unpatched
+``Run._log`` (a forked child through ``Run.log``, with a guard up), so a commit never re-enters
+the patch, and the ``_log`` wrapper only routes calls that did not come through ``log``.
 """
 
 from __future__ import annotations
@@ -19,8 +18,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from stepsync import _registry, _wandb
+from stepsync import _live, _wandb
+from stepsync._config import DEFAULT_PRIORITY
 from stepsync._context import ACTIVE_PRODUCER
+from stepsync._manager import get_manager
+from stepsync._warn import warn_once
 
 logger = logging.getLogger("stepsync")
 
@@ -28,11 +30,8 @@ _lock = threading.Lock()
 _patched = False
 #: What stood on ``Run`` before ``patch()``, restored as is by ``unpatch()``.
 _saved: dict[str, Any] = {}
-_warned_fallback = False
 
-_DEFAULT_PRODUCER = ("wandb.log", 5)
-# Bound once: the routing wrapper reads them on every call.
-_GUARD = _wandb.GUARD
+_DEFAULT_PRODUCER = ("wandb.log", DEFAULT_PRIORITY)
 
 Function = Callable[..., Any]
 
@@ -47,22 +46,22 @@ def routing_log(original: Function) -> Function:
     def log(
         run: Any, data: Any, step: Any = None, commit: Any = None, *more: Any, **kw: Any
     ) -> Any:
-        global _warned_fallback
         if more or kw or not _patched:
             # Arguments stepsync does not read (wandb decides what they mean, or rejects them),
             # or a bound method kept from before ``unpatch()``.
             return _wandb.call_native(original, run, data, step, commit, *more, **kw)
-        try:
-            manager = run._stepsync_manager  # _registry.ATTR: a plain attribute read
-        except AttributeError:  # the run's first call
+        manager = _live.manager_of(run)
+        if manager is None:  # the run's first call
             try:
-                manager = _registry.get_manager(run)
+                manager = get_manager(run)
             except Exception:
-                if not _warned_fallback:
-                    _warned_fallback = True
-                    logger.exception("stepsync: cannot manage this run; logging natively")
+                warn_once(
+                    "patch:no-manager",
+                    "stepsync: cannot manage this run; logging natively",
+                    exc_info=True,
+                )
                 return _wandb.call_native(original, run, data, step, commit)
-        manager._log(data, step, commit, ACTIVE_PRODUCER.get() or _DEFAULT_PRODUCER)
+        manager.route(data, step, commit, ACTIVE_PRODUCER.get() or _DEFAULT_PRODUCER)
         return None
 
     return log
@@ -74,7 +73,7 @@ def routing_private_log(original: Function, routed_log: Function) -> Function:
 
     @functools.wraps(original)
     def _log(run: Any, *args: Any, **kwargs: Any) -> Any:
-        if _GUARD.active or not _patched:
+        if _wandb.GUARD.active or not _patched:
             return original(run, *args, **kwargs)
         try:
             data, step, commit = _log_args(*args, **kwargs)
@@ -90,9 +89,9 @@ def recording_define_metric(original: Function) -> Function:
 
     @functools.wraps(original)
     def define_metric(run: Any, *args: Any, **kwargs: Any) -> Any:
-        if not _patched or _GUARD.active:  # stepsync's own declarations, or unpatched
+        if not _patched or _wandb.GUARD.active:  # stepsync's own declarations, or unpatched
             return original(run, *args, **kwargs)
-        manager = run.__dict__.get(_registry.ATTR)
+        manager = _live.manager_of(run)
         if manager is not None:
             # Natively the rows of closed steps are written before this definition: it must
             # not reach them (a new step metric would be put into them, step_sync).
@@ -100,7 +99,7 @@ def recording_define_metric(original: Function) -> Function:
         result = original(run, *args, **kwargs)  # wandb checks the arguments first
         try:
             name, options = _define_metric_args(*args, **kwargs)
-            _registry.get_manager(run).user_defined_metric(name, **options)
+            get_manager(run).user_defined_metric(name, **options)
         except Exception:
             logger.debug("stepsync: could not record define_metric", exc_info=True)
         return result
@@ -116,7 +115,7 @@ def routing_step(original: property) -> property:
 
     @functools.wraps(original.fget)  # type: ignore[arg-type]
     def step(run: Any) -> int:
-        manager = run.__dict__.get(_registry.ATTR) if _patched else None
+        manager = _live.manager_of(run) if _patched else None
         answer: int | None = manager.wandb_step() if manager is not None else None
         if answer is None:
             return int(original.fget(run))  # type: ignore[misc]
@@ -182,7 +181,8 @@ def unpatch() -> None:
     with _lock:
         if not _patched:
             return
-        _registry.flush_all()
+        for manager in _live.members():
+            manager.flush()
         for name, original in _saved.items():
             setattr(_wandb.Run, name, original)
         _saved.clear()
@@ -212,6 +212,9 @@ def _repoint_module_functions() -> None:
 def _register_integrations() -> None:
     """Make the frameworks' own step (Trainer, Lightning) the current step, on their import."""
     from stepsync import integrations
+    from stepsync.integrations._common import set_patched
+
+    set_patched(True)
 
     try:
         integrations.register_hooks()
@@ -224,6 +227,9 @@ def _unregister_integrations() -> None:
     integrations = sys.modules.get("stepsync.integrations")
     if integrations is None:
         return
+    from stepsync.integrations._common import set_patched
+
+    set_patched(False)
     try:
         integrations.unregister_hooks()
     except Exception:

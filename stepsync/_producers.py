@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import inspect
-import logging
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, cast
 
 import wrapt
 
-from stepsync._context import ACTIVE_PRODUCER
+from stepsync._config import DEFAULT_PRIORITY
+from stepsync._context import ACTIVE_PRODUCER, ACTIVE_SYNCED
 from stepsync._errors import NoActiveRunError
 from stepsync._validate import check_priority
-
-logger = logging.getLogger("stepsync")
+from stepsync._warn import warn_no_run
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_warned_no_run = False
 
-
-def logs_metrics(source: str, priority: int = 5) -> Callable[[F], F]:
+def logs_metrics(source: str, priority: int = DEFAULT_PRIORITY) -> Callable[[F], F]:
     """Decorate a function (sync or async) whose logs belong to ``source`` at ``priority``.
 
     Inside the call, every log routed through stepsync is attributed to ``source``; a returned
@@ -32,8 +28,8 @@ def logs_metrics(source: str, priority: int = 5) -> Callable[[F], F]:
     producer = (source, check_priority(priority))
 
     def decorate(fn: F) -> F:
-        # Sync or async is decided once for plain functions and methods (asking costs ~0.4 us a
-        # call); other callables (classmethod objects, instances) are asked on each call.
+        # Plain functions and methods are sync or async for good; other callables
+        # (classmethod objects, instances) are asked at each call.
         known = inspect.isfunction(fn) or inspect.ismethod(fn)
         is_async = inspect.iscoroutinefunction(fn) if known else None
 
@@ -77,26 +73,18 @@ async def _run_async(
 
 def _log_result(result: Any, producer: tuple[str, int]) -> None:
     """Log a returned mapping to the active step of the current run, if there is one."""
-    global _warned_no_run
     if not isinstance(result, Mapping):
         return
-    from stepsync._registry import get_manager
+    from stepsync._manager import get_manager  # imports wandb: on first use only
 
     try:
         manager = get_manager()
     except NoActiveRunError:
         # A rank without a run inside a synced scope still contributes to the step's row.
-        distributed = sys.modules.get("stepsync.distributed")
-        synced = distributed.current_synced_step() if distributed is not None else None
+        synced = ACTIVE_SYNCED.get()
         if synced is not None:
             synced.log(result, source=producer[0], priority=producer[1])
-            return
-        if not _warned_no_run:
-            _warned_no_run = True
-            logger.warning(
-                "stepsync: @logs_metrics(%r) returned metrics but there is no wandb run; "
-                "they are not logged (shown once)",
-                producer[0],
-            )
+        else:
+            warn_no_run(f"the metrics @logs_metrics({producer[0]!r}) returns are")
         return
-    manager._log(result, None, None, producer)
+    manager.route(result, None, None, producer)

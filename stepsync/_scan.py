@@ -29,11 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stepsync.history import RUN_DIR_NAME, find_run_dirs
+
 __all__ = ["Drop", "RunReport", "ScanResult", "parse_drops", "scan_paths", "scan_run"]
 
 # wandb's own bookkeeping keys, which it adds to every dropped entry it prints.
 _WANDB_KEYS = frozenset({"_timestamp", "_runtime", "_step"})
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+#: Terminal colour and cursor codes: a captured console holds them, wandb's messages do not.
+ANSI_CODES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _CORE_LOG_MESSAGE = "ignoring partial history record"
 _CORE_LOG_STEP = re.compile(r"""\bstep"?\s*[:=]\s*(\d+)""")
 _CORE_LOG_CURRENT = re.compile(r"""\bcurrent"?\s*[:=]\s*(\d+)""")
@@ -46,7 +49,6 @@ _TEXT_PATTERNS = (
     re.compile(r"\bStep (\d+) < (\d+)\. Dropping entry: (\{.*\})\.\s*$"),
     re.compile(r"Step must only increase in log calls\.\s+Step (\d+) < (\d+); dropping (\{.*\})\."),
 )
-_RUN_DIR_NAME = re.compile(r"^(?:offline-)?run-\d{8}_\d{6}-(?P<id>.+)$")
 _RUN_FILE_NAME = re.compile(r"^run-(?P<id>.+)\.wandb$")
 # Where a console log names its run: the run folder, or the run page URL.
 _RUN_MENTION = re.compile(r"(?:offline-)?run-\d{8}_\d{6}-([A-Za-z0-9]+)|/runs/([A-Za-z0-9]+)")
@@ -140,7 +142,7 @@ def parse_drops(text: str) -> list[Drop]:
 def _drops_with_lines(text: str) -> list[tuple[Drop, int]]:
     found = []
     for number, raw in enumerate(text.splitlines()):
-        drop = _parse_line(_ANSI.sub("", raw))
+        drop = _parse_line(ANSI_CODES.sub("", raw))
         if drop is not None:
             found.append((drop, number))
     return found
@@ -232,7 +234,7 @@ def _version_tuple(version: str) -> tuple[int, ...]:
 def _run_id(run_dir: Path, run_file: Path | None) -> str:
     if run_file is not None and (match := _RUN_FILE_NAME.match(run_file.name)):
         return match.group("id")
-    if match := _RUN_DIR_NAME.match(run_dir.name):
+    if match := RUN_DIR_NAME.match(run_dir.name):
         return match.group("id")
     return run_dir.name
 
@@ -319,7 +321,7 @@ def scan_console_log(path: str | os.PathLike[str]) -> list[RunReport]:
     file = Path(path)
     segments: list[tuple[list[str], list[Drop]]] = [([], [])]
     for raw in _read_text(file).splitlines():
-        line = _ANSI.sub("", raw)
+        line = ANSI_CODES.sub("", raw)
         mentioned, drops = segments[-1]
         if _RUN_START.search(line) and (mentioned or drops):
             segments.append(([], []))
@@ -336,34 +338,6 @@ def scan_console_log(path: str | os.PathLike[str]) -> list[RunReport]:
         status = "dropped" if drops else "clean"
         reports.append(RunReport(run_id, str(file), status, drops=drops, source=str(file)))
     return reports
-
-
-def find_runs(path: str | os.PathLike[str]) -> list[Path]:
-    """Run directories at or below ``path`` (a run, ``./wandb``, or any folder holding runs)."""
-    root = Path(path)
-    if _is_run_dir(root):
-        return [root]
-    found: list[Path] = []
-    # followlinks=False: `wandb/latest-run` links to a run that is listed anyway.
-    for directory, subdirs, _ in os.walk(root, followlinks=False):
-        here = Path(directory)
-        keep = []
-        for name in sorted(subdirs):
-            child = here / name
-            if _is_run_dir(child):
-                found.append(child)
-            elif not name.startswith("."):
-                keep.append(name)
-        subdirs[:] = keep  # do not descend into runs (their files/ may hold anything)
-    return sorted(found, key=lambda p: (p.name, str(p)))
-
-
-def _is_run_dir(path: Path) -> bool:
-    if not path.is_dir() or path.is_symlink():
-        return False
-    if _RUN_DIR_NAME.match(path.name):
-        return True
-    return any(path.glob("run-*.wandb"))
 
 
 def scan_paths(paths: Sequence[str | os.PathLike[str]]) -> ScanResult:
@@ -392,7 +366,7 @@ def _scan_one(path: Path) -> Iterable[RunReport]:
         if path.suffix == ".wandb":
             return [scan_run(path.parent)]
         return scan_console_log(path)
-    runs = find_runs(path)
+    runs = find_run_dirs(path)
     if not runs:
         raise _NoRunsError(f"{path}: no wandb runs found")
     return [scan_run(run) for run in runs]

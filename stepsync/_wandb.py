@@ -14,6 +14,8 @@ from typing import Any
 import wandb
 from wandb.sdk import wandb_run
 
+from stepsync._errors import NoActiveRunError
+
 Run = wandb_run.Run
 
 #: wandb's record of its own monkeypatches (``{"tensorboard": [...], ...}``); never rebound.
@@ -32,16 +34,15 @@ class _Guard(threading.local):
 
 
 GUARD = _Guard()
-#: This process's id, kept current across forks (``os.getpid`` is a system call).
-_pid = os.getpid()
 
 
-def _after_fork() -> None:
-    global _pid
-    _pid = os.getpid()
-
-
-os.register_at_fork(after_in_child=_after_fork)
+def active_run() -> Any:
+    """``wandb.run``, or ``NoActiveRunError`` when there is none."""
+    if wandb.run is None:
+        raise NoActiveRunError(
+            "stepsync: no active wandb run; call wandb.init() first or pass run="
+        )
+    return wandb.run
 
 
 def call_native(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -59,13 +60,13 @@ def native_log(run: Any, data: Mapping[str, Any], step: int, shared: bool = Fals
     """Commit one row through wandb's own ``Run._log``; return its native step.
 
     That step is ``step``, or wandb's next step when something else moved wandb further.
-    ``Run.log``'s decorators cost ~10 us a call: stepsync already checked the arguments and the
-    finished state, so only a forked child, which needs ``@_attach`` to reach the parent's run,
-    goes through ``Run.log`` (with the guard up: its ``self._log`` call must not be routed).
-    When the row is wandb's next step anyway, no step is passed: wandb numbers it the same and
-    skips its checks of an explicit step (a ``getpid`` system call among them), and no row can be
-    refused as "less than the current step". wandb ignores ``step`` in shared mode, so none
-    is passed there (``shared``).
+    ``Run.log``'s decorators cost more than all of stepsync's work, and stepsync already checked
+    the arguments and the finished state: so only a forked child, which needs ``@_attach`` to
+    reach the parent's run, goes through ``Run.log`` (with the guard up: its ``self._log`` call
+    must not be routed). When the row is wandb's next step anyway, no step is passed: wandb
+    numbers it the same, skips its checks of an explicit step, and no row can be refused as
+    "less than the current step". wandb ignores ``step`` in shared mode, so none is passed there
+    (``shared``).
     """
     wandb_next = getattr(run, "_local_step", None)
     if wandb_next is None:  # wandb < 0.27.2
@@ -74,7 +75,7 @@ def native_log(run: Any, data: Mapping[str, Any], step: int, shared: bool = Fals
         step, passed = wandb_next, None
     else:
         passed = None if shared else step
-    fn = ORIGINALS.get("_log") if getattr(run, "_attach_pid", None) == _pid else None
+    fn = ORIGINALS.get("_log") if getattr(run, "_attach_pid", None) == os.getpid() else None
     if fn is not None:
         fn(run, data, step=passed, commit=True)  # unpatched: no guard needed
         return step
@@ -82,6 +83,11 @@ def native_log(run: Any, data: Mapping[str, Any], step: int, shared: bool = Fals
     # can never move the run past steps the parent still holds (the parent's rows would drop).
     call_native(ORIGINALS["log"], run, data, step=None, commit=True)
     return step
+
+
+def log_natively(run: Any, data: Any, step: Any = None, commit: Any = None) -> None:
+    """A call handed to wandb's own ``Run.log`` as it came (a run whose step wandb owns)."""
+    call_native(ORIGINALS["log"], run, data, step, commit)
 
 
 def native_define_metric(run: Any, name: str, **options: Any) -> None:
@@ -196,3 +202,18 @@ def add_finish_hook(run: Any, hook: Callable[[], None]) -> bool:
     except Exception:
         return False
     return True
+
+
+def is_finished(run: Any) -> bool:
+    """True once ``run.finish()`` is done: wandb then refuses ``log``."""
+    return bool(getattr(run, "_is_finished", False))
+
+
+def finished_error(run: Any) -> Exception:
+    """The error wandb raises for ``log`` after ``finish()``, worded for stepsync."""
+    from wandb.errors import UsageError
+
+    return UsageError(
+        f"Run ({getattr(run, 'id', '?')}) is finished: stepsync cannot log to it. "
+        "Log before run.finish(), or start a new run."
+    )

@@ -6,16 +6,15 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
+from stepsync._config import DEFAULT_PRIORITY, DEFAULT_SOURCE, DEFAULTS
 from stepsync._errors import NoActiveRunError
-from stepsync._manager import StepManager
+from stepsync._manager import StepManager, get_manager
 from stepsync._patch import patch, unpatch
-from stepsync._registry import get_manager
-
-logger = logging.getLogger("stepsync")
+from stepsync._stats import add_alias
+from stepsync._warn import warn_no_run
 
 __all__ = [
     "WandBStepManager",
@@ -27,12 +26,18 @@ __all__ = [
     "update_training_step",
 ]
 
+# The old tool's name of ``wandb_calls``, in every manager's ``get_stats()`` once compat is used.
+add_alias("successful_flushes", "wandb_calls")
+
 
 class WandBStepManager(StepManager):
     """``wandb_step_fix.WandBStepManager``: a ``StepManager`` with the old constructor."""
 
     def __init__(
-        self, buffer_size: int = 100, flush_interval: float = 2.0, run: Any = None
+        self,
+        buffer_size: int = DEFAULTS.buffer_size,
+        flush_interval: float = DEFAULTS.flush_interval,
+        run: Any = None,
     ) -> None:
         super().__init__(run, buffer_size=buffer_size, flush_interval=flush_interval)
 
@@ -45,14 +50,14 @@ def get_step_manager() -> StepManager:
 def safe_wandb_log(
     data: Mapping[str, Any],
     step: int | None = None,
-    source: str = "default",
-    priority: int = 5,
+    source: str = DEFAULT_SOURCE,
+    priority: int = DEFAULT_PRIORITY,
 ) -> None:
     """Log through the manager of ``wandb.run``; with no run, warn once instead of raising."""
     try:
         manager = get_manager()
     except NoActiveRunError:
-        _warn_no_run()
+        warn_no_run("metrics are")
         return
     manager.log(data, step, source=source, priority=priority)
 
@@ -62,7 +67,7 @@ def update_training_step(step: int, source: str = "default") -> None:
     try:
         manager = get_manager()
     except NoActiveRunError:
-        _warn_no_run()
+        warn_no_run("metrics are")
         return
     manager.update_step(step, source=source)
 
@@ -78,12 +83,3 @@ def finalize_wandb_logging() -> None:
 
 patch_wandb_log = patch
 unpatch_wandb_log = unpatch
-
-_warned = False
-
-
-def _warn_no_run() -> None:
-    global _warned
-    if not _warned:
-        _warned = True
-        logger.warning("stepsync: no active wandb run; metrics are not logged (shown once)")

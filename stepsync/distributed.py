@@ -14,24 +14,25 @@ next exchange; a rank that never arrives makes the others raise it after the gro
 from __future__ import annotations
 
 import ctypes
-import fnmatch
 import logging
-import math
-import numbers
 import pickle
 import struct
 import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from stepsync import get_manager, step_scope
+from stepsync._config import DEFAULT_PRIORITY
+from stepsync._context import ACTIVE_SYNCED
+from stepsync._errors import RankMismatchError
+from stepsync._merge import Entry, merge
+from stepsync._reduce import Payload, ReduceSpec, Reduction, Rules, as_number, combine
+from stepsync._scope import StepScope
 from stepsync._validate import check_data, check_priority, check_step
 
 if TYPE_CHECKING:
-    from stepsync._manager import Entry
+    from stepsync._manager import StepManager
 
 __all__ = [
     "RankMismatchError",
@@ -44,11 +45,6 @@ __all__ = [
 
 logger = logging.getLogger("stepsync.distributed")
 
-#: How a key's values from several ranks become one value (``"rank"``: one key per rank).
-Reduction = Literal["mean", "sum", "min", "max", "rank"]
-ReduceSpec = Reduction | Mapping[str, Reduction] | None
-
-_REDUCTIONS: tuple[str, ...] = get_args(Reduction)
 _SOURCE = "stepsync.distributed"
 
 # A frame is this header then the pickled payload, zero-padded to the group's frame capacity.
@@ -56,27 +52,6 @@ _HEADER = struct.Struct("<4sHqqq")  # magic, version, exchange number, logical s
 _MAGIC = b"SSYN"
 _VERSION = 1
 _INITIAL_CAPACITY = 4096
-
-_ACTIVE: ContextVar[SyncedStep | None] = ContextVar("stepsync_synced_step", default=None)
-
-
-class RankMismatchError(RuntimeError):
-    """The ranks of a group did not enter the same synced step (or one never arrived)."""
-
-    def __init__(self, message: str, step: int, steps: Mapping[int, int] | None = None) -> None:
-        super().__init__(message)
-        #: The step this rank was exchanging.
-        self.step = step
-        #: Global rank -> the step it was exchanging; None when a rank never arrived.
-        self.steps = dict(steps) if steps is not None else None
-
-
-class _Payload(NamedTuple):
-    """What one rank sends to every rank: its numeric values, and the keys of its other values."""
-
-    rank: int
-    numeric: dict[str, int | float]
-    object_keys: tuple[str, ...]
 
 
 class _Group(NamedTuple):
@@ -100,59 +75,6 @@ class _GroupState:
 _groups: dict[Any, _GroupState] = {}
 
 
-# ------------------------------------------------------------------------------ reduce spec
-
-
-class _Rules:
-    """A validated reduce spec: exact keys first, then glob patterns in order, then mean."""
-
-    __slots__ = ("_cache", "_default", "_exact", "_patterns")
-
-    def __init__(self, spec: ReduceSpec) -> None:
-        self._default: str = "mean"
-        self._exact: dict[str, str] = {}
-        self._patterns: list[tuple[str, str]] = []
-        self._cache: dict[str, str] = {}
-        if spec is None:
-            return
-        if isinstance(spec, str):
-            self._default = _check_reduction(spec, "reduce")
-            return
-        if not isinstance(spec, Mapping):
-            raise TypeError(
-                f"stepsync: reduce must be a str or a mapping of key patterns, "
-                f"not {type(spec).__name__}"
-            )
-        for pattern, reduction in spec.items():
-            if not isinstance(pattern, str) or not pattern:
-                raise TypeError(f"stepsync: reduce keys must be non-empty str, got {pattern!r}")
-            checked = _check_reduction(reduction, f"reduce[{pattern!r}]")
-            if any(char in pattern for char in "*?["):
-                self._patterns.append((pattern, checked))
-            else:
-                self._exact[pattern] = checked
-
-    def __call__(self, key: str) -> str:
-        reduction = self._cache.get(key)
-        if reduction is None:
-            reduction = self._exact.get(key)
-            if reduction is None:
-                reduction = next(
-                    (r for pattern, r in self._patterns if fnmatch.fnmatchcase(key, pattern)),
-                    self._default,
-                )
-            self._cache[key] = reduction
-        return reduction
-
-
-def _check_reduction(value: object, name: str) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"stepsync: {name} must be a str, not {type(value).__name__}")
-    if value not in _REDUCTIONS:
-        raise ValueError(f"stepsync: {name} must be one of {_REDUCTIONS}, got {value!r}")
-    return value
-
-
 # ---------------------------------------------------------------------------- public API
 
 
@@ -161,7 +83,7 @@ class SyncedStep:
 
     __slots__ = ("_entries", "_manager", "result", "step")
 
-    def __init__(self, step: int, manager: Any) -> None:
+    def __init__(self, step: int, manager: StepManager | None) -> None:
         #: The logical step this scope exchanges.
         self.step = step
         #: On the destination rank, after the block: the combined row; None elsewhere.
@@ -177,12 +99,14 @@ class SyncedStep:
             self._manager.log(data, self.step, source=source, priority=priority)
             return
         data = check_data(data)
-        self._entries.append((5 if priority is None else check_priority(priority), dict(data)))
+        priority = DEFAULT_PRIORITY if priority is None else check_priority(priority)
+        self._entries.append((priority, dict(data)))
 
 
 def current_synced_step() -> SyncedStep | None:
     """The innermost active ``synced_step_scope`` of this context, or None."""
-    return _ACTIVE.get()
+    synced = ACTIVE_SYNCED.get()
+    return synced if isinstance(synced, SyncedStep) else None
 
 
 @contextmanager
@@ -202,19 +126,19 @@ def synced_step_scope(
     the group's first rank) commits the combined row, the other ranks commit nothing for ``step``.
     """
     step = check_step(step)
-    rules = _Rules(reduce)
+    rules = Rules(reduce)
     target = _resolve_group(group, dst)
     manager = _manager_of(run)
     synced = SyncedStep(step, manager)
-    token = _ACTIVE.set(synced)
-    with step_scope(step):
+    token = ACTIVE_SYNCED.set(synced)
+    with StepScope(step):
         try:
             yield synced
         except Exception as error:
             # A rank that catches this error and carries on must still have joined this
             # exchange, or every later one would pair with the wrong step. Unless the group
             # itself is what failed: then the exchange could only fail (or wait) again.
-            _ACTIVE.reset(token)
+            ACTIVE_SYNCED.reset(token)
             if not isinstance(error, RankMismatchError) and not _is_group_failure(error):
                 try:
                     _exchange(synced, rules, target)
@@ -222,9 +146,9 @@ def synced_step_scope(
                     logger.exception("stepsync: could not exchange step %d after an error", step)
             raise
         except BaseException:  # KeyboardInterrupt, SystemExit: the process is leaving
-            _ACTIVE.reset(token)
+            ACTIVE_SYNCED.reset(token)
             raise
-        _ACTIVE.reset(token)
+        ACTIVE_SYNCED.reset(token)
         _exchange(synced, rules, target)
 
 
@@ -244,7 +168,7 @@ def gather_step(
     """
     data = check_data(data)
     step = check_step(step)
-    rules = _Rules(reduce)
+    rules = Rules(reduce)
     return _gather(dict(data), step, rules, _resolve_group(group, dst))
 
 
@@ -270,15 +194,17 @@ def _resolve_group(group: Any, dst: int | None) -> _Group | None:
     return _Group(dist, group, dst)
 
 
-def _manager_of(run: Any) -> Any:
+def _manager_of(run: Any) -> StepManager | None:
     """The stepsync manager of ``run`` (default ``wandb.run``); None without a real run."""
     if run is None:
-        wandb = sys.modules.get("wandb")
+        wandb = sys.modules.get("wandb")  # not imported: there is no run
         run = getattr(wandb, "run", None) if wandb is not None else None
         if run is None:
             return None
-    settings = getattr(run, "settings", None)
-    if getattr(settings, "_noop", False) or getattr(run, "_is_finished", False):
+    from stepsync import _wandb
+    from stepsync._manager import get_manager
+
+    if _wandb.is_disabled(run) or _wandb.is_finished(run):
         return None  # mode="disabled": wandb's own no-op run; or a run that refuses data
     return get_manager(run)
 
@@ -289,14 +215,12 @@ def _is_group_failure(error: BaseException) -> bool:
     return isinstance(dist_error, type) and isinstance(error, dist_error)
 
 
-def _exchange(synced: SyncedStep, rules: _Rules, target: _Group | None) -> None:
+def _exchange(synced: SyncedStep, rules: Rules, target: _Group | None) -> None:
     """Take this rank's values of the step, combine them across ranks, log the result on dst."""
     manager = synced._manager
     if manager is not None:
-        data = manager._take_step(synced.step)
+        data = manager.take_step(synced.step)
     elif synced._entries:
-        from stepsync._manager import merge  # the manager's own rule: priority, then order
-
         data, _ = merge(synced._entries)
         synced._entries = []
     else:
@@ -309,19 +233,19 @@ def _exchange(synced: SyncedStep, rules: _Rules, target: _Group | None) -> None:
 
 
 def _gather(
-    data: dict[str, Any], step: int, rules: _Rules, target: _Group | None
+    data: dict[str, Any], step: int, rules: Rules, target: _Group | None
 ) -> dict[str, Any] | None:
     """Split numbers from other values, exchange them, and combine them on the destination."""
     numeric: dict[str, int | float] = {}
     objects: dict[str, Any] = {}
     for key, value in data.items():
-        number = _as_number(value)
+        number = as_number(value)
         if number is None:
             objects[key] = value
         else:
             numeric[key] = number
     if target is None:
-        return _combine([_Payload(0, numeric, tuple(objects))], {0: objects}, rules)
+        return combine([Payload(0, numeric, tuple(objects))], {0: objects}, rules)
 
     dist, group, dst = target
     rank = dist.get_rank()
@@ -329,7 +253,7 @@ def _gather(
     if rank != dst and objects:
         # Pickled before any collective: a value that cannot travel must not strand the others.
         objects, pickled = _pickle_objects(objects, step)
-    own = _Payload(rank, numeric, tuple(objects))
+    own = Payload(rank, numeric, tuple(objects))
     payloads = _all_gather_payloads(target, own, step)
     objects_by_rank: dict[int, dict[str, Any]] = {}
     if any(p.object_keys and p.rank != dst for p in payloads):
@@ -347,13 +271,13 @@ def _gather(
         return None
     objects_by_rank[rank] = objects
     try:
-        return _combine(payloads, objects_by_rank, rules)
+        return combine(payloads, objects_by_rank, rules)
     except Exception:  # bookkeeping must not end a training loop: keep dst's own values
         logger.exception("stepsync: could not combine the ranks' values of step %d", step)
         return dict(data)
 
 
-def _all_gather_payloads(target: _Group, own: _Payload, step: int) -> list[_Payload]:
+def _all_gather_payloads(target: _Group, own: Payload, step: int) -> list[Payload]:
     """One ``all_gather`` of fixed-size frames (a second one only when a payload outgrew them)."""
     dist, group, _ = target
     state = _groups.get(group)
@@ -379,7 +303,7 @@ def _all_gather_payloads(target: _Group, own: _Payload, step: int) -> list[_Payl
     global_ranks = [_global_rank(dist, group, i) for i in range(len(frames))]
     _check_headers(headers, global_ranks, state.exchanges, step)
     return [
-        _Payload(*pickle.loads(f[_HEADER.size : _HEADER.size + h[4]]))
+        Payload(*pickle.loads(f[_HEADER.size : _HEADER.size + h[4]]))
         for f, h in zip(frames, headers, strict=True)
     ]
 
@@ -467,61 +391,3 @@ def _pickle_objects(objects: dict[str, Any], step: int) -> tuple[dict[str, Any],
             else:
                 kept[key] = value
         return kept, pickle.dumps(kept, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _as_number(value: Any) -> int | float | None:
-    """``value`` as a Python int/float if it is a real scalar (numpy, torch included), else None."""
-    kind = type(value)
-    if kind is float or kind is int:
-        return value  # type: ignore[no-any-return]
-    if kind is bool:
-        return None
-    try:
-        if isinstance(value, numbers.Integral):
-            return int(value)
-        if isinstance(value, numbers.Real):
-            return float(value)
-        numel = getattr(value, "numel", None)  # torch tensors
-        size = numel() if callable(numel) else getattr(value, "size", None)  # numpy arrays
-        item = value.item() if type(size) is int and size == 1 else None
-    except Exception:
-        return None
-    return item if type(item) is int or type(item) is float else None
-
-
-def _combine(
-    payloads: list[_Payload], objects: Mapping[int, Mapping[str, Any]], rules: _Rules
-) -> dict[str, Any]:
-    """One row from every rank's values: reduce numbers, keep others from the lowest rank."""
-    by_key: dict[str, list[tuple[int, Any, bool]]] = {}
-    for payload in sorted(payloads, key=lambda p: p.rank):
-        for key, number in payload.numeric.items():
-            by_key.setdefault(key, []).append((payload.rank, number, True))
-        rank_objects = objects.get(payload.rank, {})
-        for key in payload.object_keys:
-            if key in rank_objects:
-                by_key.setdefault(key, []).append((payload.rank, rank_objects[key], False))
-    row: dict[str, Any] = {}
-    for key, values in by_key.items():
-        reduction = rules(key)
-        if reduction == "rank":
-            for rank, value, _ in values:
-                row[f"rank{rank}/{key}"] = value
-        elif all(is_number for _, _, is_number in values):
-            row[key] = _reduce(reduction, [value for _, value, _ in values])
-        else:
-            row[key] = values[0][1]  # not a number on some rank: kept from the lowest rank
-    return row
-
-
-def _reduce(reduction: str, values: list[int | float]) -> int | float:
-    if len(values) == 1:
-        return values[0] if reduction != "mean" else float(values[0])
-    if reduction == "sum":
-        return sum(values)
-    if reduction == "mean":
-        return math.fsum(values) / len(values)
-    if any(isinstance(value, float) and math.isnan(value) for value in values):
-        # NaN propagates, as in torch's min/max, instead of depending on the ranks' order.
-        return math.nan
-    return min(values) if reduction == "min" else max(values)

@@ -21,6 +21,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import struct
 import time
 import zlib
@@ -42,6 +43,8 @@ _CHUNK_HEADER = struct.Struct("<IHB")  # crc32, length, type
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 # CRC of each chunk type byte, the seed the data's CRC continues from.
 _TYPE_CRC = {kind: zlib.crc32(bytes([kind])) for kind in (_FULL, _FIRST, _MIDDLE, _LAST)}
+#: The name wandb gives a run directory: ``run-<start time>-<id>`` (``offline-run-`` offline).
+RUN_DIR_NAME = re.compile(r"^(?:offline-)?run-\d{8}_\d{6}-(?P<id>.+)$")
 _POLL_INTERVAL = 0.02  # seconds between looks at a file whose run has not written `exit` yet
 
 
@@ -50,26 +53,34 @@ class HistoryReadError(ValueError):
 
 
 def find_run_dirs(path: str | os.PathLike[str]) -> list[Path]:
-    """Return the run directories at ``path``, sorted by name (which starts with the start time).
+    """Return the run directories at or below ``path``, in start-time order (their names begin
+    with it).
 
     ``path`` may be a run directory, a ``.wandb`` file, a folder of run directories such as
-    ``./wandb``, or the folder given to ``wandb.init(dir=...)`` (which holds ``wandb/``).
+    ``./wandb``, or any folder holding runs deeper down (the ``dir`` given to ``wandb.init``).
     """
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"no such file or directory: {root}")
     if root.is_file():
         return [root.parent]
-    if _run_files(root):
+    if RUN_DIR_NAME.match(root.name) or _run_files(root):
         return [root]
-    parents = [root, root / "wandb"] if (root / "wandb").is_dir() else [root]
-    # `latest-run` is a symlink to one of the others; skip links so no run is listed twice.
-    return sorted(
-        child
-        for parent in parents
-        for child in parent.iterdir()
-        if child.is_dir() and not child.is_symlink() and _run_files(child)
-    )
+    found: list[Path] = []
+    # followlinks=False, and links skipped: `wandb/latest-run` links to a run listed anyway.
+    for directory, subdirs, _ in os.walk(root, followlinks=False):
+        here = Path(directory)
+        keep = []
+        for name in sorted(subdirs):
+            child = here / name
+            if child.is_symlink():
+                continue
+            if RUN_DIR_NAME.match(name) or _run_files(child):
+                found.append(child)
+            elif not name.startswith("."):
+                keep.append(name)
+        subdirs[:] = keep  # not into runs: their files/ may hold anything
+    return sorted(found, key=lambda run: (run.name, str(run)))
 
 
 def read_records(

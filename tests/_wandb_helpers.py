@@ -45,6 +45,16 @@ def user_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in row.items() if k not in NON_USER_KEYS} for row in rows]
 
 
+def declared_metrics(run: Any) -> set[tuple[str, str]]:
+    """(name, step metric) of every metric record stepsync or the user wrote, globs expanded
+    by older wandb versions left out."""
+    return {
+        (m.metric.name or m.metric.glob_name, m.metric.step_metric)
+        for m in records_of(run, "metric")
+        if not m.metric.expanded_from_glob
+    }
+
+
 def rows(run: Any) -> list[dict[str, Any]]:
     """Finish ``run`` and return its rows without wandb's timing keys."""
     return user_rows(rows_of(run))

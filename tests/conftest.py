@@ -13,6 +13,7 @@ from _wandb_helpers import finish_run
 
 import stepsync
 from stepsync._config import reset as reset_config
+from stepsync._warn import reset as reset_warnings
 
 
 @pytest.fixture(autouse=True)
@@ -38,9 +39,10 @@ def isolated_wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(autouse=True)
 def clean_globals() -> Iterator[None]:
-    """Every test starts and ends unpatched, with no configure() defaults."""
+    """Every test starts and ends unpatched, with no configure() defaults and no warning shown."""
     stepsync.unpatch()
     reset_config()
+    reset_warnings()
     yield
     stepsync.unpatch()
     reset_config()

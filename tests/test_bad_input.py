@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import wandb
-from _wandb_helpers import AXIS, QUIET, rows
+from _wandb_helpers import AXIS, QUIET, declared_metrics, rows
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import bad_data, bad_steps, metric_values, negative_steps
@@ -47,27 +47,31 @@ class TestCallSiteErrors:
             manager.log(data)
         untouched(manager)
 
-    def test_known_keys_do_not_let_a_bad_key_through(self, manager):
-        """Keys seen before skip the str check; a new non-str key beside them is still refused."""
+    def test_committed_keys_do_not_let_a_bad_key_through(self, manager):
+        """Keys committed before do not let a new non-str key beside them through."""
         manager.log({"a": 1, "b": 2}, step=0)
-        manager.flush()  # committed: "a" and "b" are known now
-        assert {"a", "b"} <= manager._known_keys
+        manager.flush()
         with pytest.raises(TypeError, match="keys must be strings"):
             manager.log({"a": 1, 7: 2}, step=1)
         with pytest.raises(TypeError, match="keys must be strings"):
             manager.log(types.MappingProxyType({"a": 1, None: 2}), step=1)  # not a dict
         assert manager.get_stats()["total_logs"] == 1
 
-    def test_known_keys_cache_stops_growing(self, manager, monkeypatch):
-        """New keys every step do not grow the checked-keys cache past its limit."""
-        monkeypatch.setattr(stepsync._manager, "KNOWN_KEYS_MAX", 10)
-        for step in range(50):
-            manager.log({f"eval/sample_{step}": step}, step=step)
+    def test_keys_past_the_seen_keys_limit_are_still_declared(self, manager, monkeypatch):
+        """A job that logs new keys every step: past the limit of remembered keys (which keeps
+        memory bounded), new keys are still looked at, and declared on the axis."""
+        monkeypatch.setattr(stepsync._metrics, "SEEN_MAX", 10)
+        manager.log({"a": 1}, step=5)
         manager.flush()
-        assert len(manager._known_keys) == 10
+        manager.log({"a": 0}, step=2)  # a late row: native step 6, the axis switch
+        for step in range(6, 50):
+            manager.log({f"eval/sample_{step}": step}, step=step)
         with pytest.raises(TypeError, match="keys must be strings"):
             manager.log({"eval/sample_49": 1, 3: 2}, step=49)
-        assert manager.get_stats()["total_logs"] == 50
+        manager.run.finish()
+        assert manager.get_stats()["total_logs"] == 46  # the refused call is not counted
+        declared = {name for name, _ in declared_metrics(manager.run)}
+        assert {"eval/sample_6", "eval/sample_49"} <= declared
 
     @FIXTURE_REUSE
     @given(step=bad_steps)

@@ -158,7 +158,7 @@ class TestThreadsAndTasks:
 FORK_SCRIPT = textwrap.dedent(
     """
     import json, os, sys, threading, time
-    import wandb, stepsync
+    import wandb, stepsync, stepsync._wandb
 
     directory, mode = sys.argv[1], sys.argv[2]
     stepsync.patch()
@@ -166,11 +166,21 @@ FORK_SCRIPT = textwrap.dedent(
     manager = stepsync.get_manager(run)
     wandb.log({"parent": 1}, step=5)  # pending in the parent when it forks
     held, release = threading.Event(), threading.Event()
+    native_log = stepsync._wandb.native_log
 
-    def hold_lock():
-        with manager._lock:  # another thread is inside the manager when fork happens
+    def held_native_log(run, data, step, shared=False):  # the adapter's one way into wandb
+        if "held" in data:
             held.set()
             release.wait(30)
+        return native_log(run, data, step, shared)
+
+    stepsync._wandb.native_log = held_native_log
+
+    def hold_lock():
+        # Another thread is inside the manager when fork happens: committing step 3 (closed
+        # below the pending step 5), it holds the manager's lock until released.
+        wandb.log({"held": 1}, step=3)
+        manager.commit_closed_steps()
 
     holder = threading.Thread(target=hold_lock)
     if mode == "hold":
@@ -213,7 +223,8 @@ def run_fork_script(tmp_path: Path, mode: str) -> tuple[dict[str, Any], list[tup
     child, parent = lines
     assert parent["child_status"] == 0, "the fork child deadlocked or failed"
     rows = read_history(parent["sync_file"])
-    return child, [(r.get("parent"), r.get("child"), r[AXIS]) for r in rows if AXIS in r]
+    values = [r for r in rows if AXIS in r and "held" not in r]  # the lock holder's row aside
+    return child, [(r.get("parent"), r.get("child"), r[AXIS]) for r in values]
 
 
 NATIVE_FORK_SCRIPT = textwrap.dedent(

@@ -17,7 +17,7 @@ from strategies import entries
 
 import stepsync
 from stepsync import LateStepError, StepManager, get_manager, logs_metrics, propagate, step_scope
-from stepsync._manager import merge
+from stepsync._merge import merge
 
 
 class TestStepResolution:
@@ -456,13 +456,13 @@ class TestLatePolicies:
 
 class TestStatistics:
     def test_stats_have_every_documented_key(self, offline_run):
-        """get_stats() has the seed tool's four counters and the documented new ones."""
+        """get_stats() has the seed tool's counters (``successful_flushes`` under its new name,
+        ``wandb_calls``) and the documented new ones."""
         manager = StepManager(offline_run(), flush_interval=QUIET)
         assert {
             "total_logs",
             "dropped_logs",
             "step_conflicts",
-            "successful_flushes",
             "late_logs",
             "key_conflicts",
             "step_jumps",
@@ -482,10 +482,9 @@ class TestStatistics:
                 manager.log({"a": 2}, source="eval", priority=1)
                 manager.log({"b": 3}, source="debug", priority=10)
         stats = manager.get_stats()
-        assert {k: stats[k] for k in ("total_logs", "wandb_calls", "successful_flushes")} == {
+        assert {k: stats[k] for k in ("total_logs", "wandb_calls")} == {
             "total_logs": 6,
             "wandb_calls": 2,
-            "successful_flushes": 2,
         }
         assert (stats["calls_saved"], stats["key_conflicts"], stats["failed_flushes"]) == (4, 2, 0)
 
@@ -710,3 +709,14 @@ class TestCompat:
         manager = WandBStepManager(10, 0.5)
         assert isinstance(manager, StepManager)
         assert manager.run is run
+
+    def test_compat_stats_keep_the_old_names(self, offline_run):
+        """The old tool's ``successful_flushes`` lives in compat: once it is imported, every
+        manager's stats have it, equal to ``wandb_calls``."""
+        import stepsync.compat  # noqa: F401
+
+        manager = StepManager(offline_run(), flush_interval=QUIET)
+        manager.log({"a": 1}, step=0)
+        manager.flush()
+        stats = manager.get_stats()
+        assert stats["successful_flushes"] == stats["wandb_calls"] == 1

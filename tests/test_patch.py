@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import wandb
-from _wandb_helpers import records_of, rows_of, user_rows
+from _wandb_helpers import declared_metrics, records_of, rows_of, user_rows
 from wandb.sdk.wandb_run import Run
 
 import stepsync
@@ -113,16 +113,6 @@ class TestRouting:
         assert [r["stepsync/step"] for r in rows_of(run)] == [0, 1]
 
 
-def declared_metrics(run) -> set[tuple[str, str]]:
-    """(name, step metric) of every metric record stepsync or the user wrote, globs expanded
-    by older wandb versions left out."""
-    return {
-        (m.metric.name or m.metric.glob_name, m.metric.step_metric)
-        for m in records_of(run, "metric")
-        if not m.metric.expanded_from_glob
-    }
-
-
 def make_late_row(run) -> None:
     """Commit step 1, then log to step 0: a late row, whose native step differs (docs/design.md,
     "Chart axis")."""
@@ -172,9 +162,7 @@ class TestChartAxis:
         make_late_row(run)
         run.log({"train/loss": 2}, step=2)
         run.log({"b": 3}, step=3)  # new key, pending behind step 2
-        manager = stepsync.get_manager(run)
-        with manager._lock:
-            manager._commit_through(2)  # step 2: known keys only; step 3 still pending
+        stepsync.get_manager(run).commit_closed_steps()  # step 2 (known keys only); 3 waits
         run.finish()
         assert ("b", "stepsync/step") in declared_metrics(run)
         assert [r["stepsync/step"] for r in rows_of(run)] == [1, 0, 2, 3]

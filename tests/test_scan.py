@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from _wandb_helpers import finish_run
 
-from stepsync._scan import Drop, find_runs, parse_drops, scan_paths, scan_run
+from stepsync._scan import Drop, parse_drops, scan_paths, scan_run
 from stepsync.cli import main
-from stepsync.history import read_history
+from stepsync.history import find_run_dirs, read_history
 
 # Exact lines written by each wandb version (run offline with `log(step=5)` then `log(step=3)`).
 CORE_DEBUG_LOG = (
@@ -112,7 +112,7 @@ class TestScanRealRuns:
         """`wandb/latest-run` points at a run that is listed once."""
         _run_with_drops(offline_run, [1, 0])
         assert (tmp_path / "wandb" / "latest-run").is_symlink()
-        assert len(find_runs(tmp_path)) == 1
+        assert len(find_run_dirs(tmp_path)) == 1
 
     def test_corrupt_run_file(self, offline_run, capsys):
         """A run file damaged in the middle: exit 2, one line naming the file, no traceback."""

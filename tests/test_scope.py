@@ -55,13 +55,13 @@ class TestSharedScopes:
         with stepsync.step_scope(3):
             wandb.log({"a": 1})
             manager.update_step(4)  # step 3 is now closed
-            manager._commit_idle()  # two timer ticks without new data: step 3 sat idle ...
-            manager._commit_idle()  # ... for a whole interval (no sleeping)
+            manager.commit_idle_steps()  # two timer ticks without new data: step 3 sat idle ...
+            manager.commit_idle_steps()  # ... for a whole interval (no sleeping)
             assert manager.get_stats()["pending_steps"] == 1
         manager.log({"b": 2}, step=5)
         manager.update_step(6)
-        manager._commit_idle()
-        manager._commit_idle()  # no scope is open on step 5: the timer commits it
+        manager.commit_idle_steps()
+        manager.commit_idle_steps()  # no scope is open on step 5: the timer commits it
         assert manager.get_stats()["wandb_calls"] == 2
         assert [r["stepsync/step"] for r in rows_of(run)] == [3, 5]
 
@@ -71,9 +71,9 @@ class TestSharedScopes:
         manager = stepsync.StepManager(run, flush_interval=QUIET)
         manager.log({"a": 1}, step=5)
         manager.update_step(6)  # step 5 is closed
-        manager._commit_idle()  # first tick: notes step 5's bucket
+        manager.commit_idle_steps()  # first tick: notes step 5's bucket
         manager.log({"b": 2}, step=5)  # a straggler arrives before the next tick
-        manager._commit_idle()  # step 5 changed since the last tick: it waits
+        manager.commit_idle_steps()  # step 5 changed since the last tick: it waits
         assert manager.get_stats()["wandb_calls"] == 0
-        manager._commit_idle()  # a tick without new data: step 5 is idle, and committed
+        manager.commit_idle_steps()  # a tick without new data: step 5 is idle, and committed
         assert user_rows(rows_of(run)) == [{"a": 1, "b": 2, "stepsync/step": 5, "_step": 5}]

@@ -34,6 +34,7 @@ from wandb.errors import UsageError
 
 import stepsync
 from stepsync import LateStepError, StepManager, logs_metrics, step_scope
+from stepsync._live import ATTR
 from stepsync.history import read_history
 
 AXIS = "stepsync/step"
@@ -410,7 +411,7 @@ class StepSyncMachine(RuleBasedStateMachine):
         stats = self.manager.get_stats()
         self.manager.finalize()
         # The next example gets a fresh manager on the same run.
-        del self.run.__dict__[stepsync._registry.ATTR]
+        del self.run.__dict__[ATTR]
         rows = self.runs.rows_of_example(self.model.finished)
         check_rows(rows, self.model)
         for name in (

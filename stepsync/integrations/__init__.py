@@ -8,16 +8,14 @@ framework itself, so ``import stepsync`` stays free of torch, transformers and l
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 import threading
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
 
-__all__ = ["register_hooks", "unregister_hooks"]
+from stepsync.integrations._common import Installed, warn_once
 
-logger = logging.getLogger("stepsync.integrations")
+__all__ = ["installed", "register_hooks", "unregister_hooks", "warn_once"]
 
 # Module whose import triggers the patch -> stepsync module holding `install(module)`.
 # `install` returns the wrapt handles it put in place, as (owner, attribute, handle).
@@ -27,14 +25,11 @@ _TARGETS: dict[str, str] = {
     "pytorch_lightning.loggers.wandb": "stepsync.integrations.lightning",
 }
 
-Installed = list[tuple[Any, str, Any]]
-
 _lock = threading.RLock()
-_active = False
+_active = False  # between register_hooks() and unregister_hooks()
 _registered: set[str] = set()
 _installed: dict[str, Installed] = {}
 _installing: set[str] = set()
-_warned: set[str] = set()
 
 
 def register_hooks() -> None:
@@ -100,44 +95,3 @@ def _on_import(module: ModuleType) -> None:
                 _installing.discard(name)
     except Exception as exc:
         warn_once(f"install:{name}", exc)
-
-
-def warn_once(key: str, exc: BaseException) -> None:
-    """Log a failed integration step once per ``key``; training goes on without the integration."""
-    with _lock:
-        if key in _warned:
-            return
-        _warned.add(key)
-    logger.warning(
-        "stepsync: framework integration step %r failed (%s: %s); training continues, "
-        "values from this framework follow plain wandb step rules",
-        key,
-        type(exc).__name__,
-        exc,
-    )
-
-
-def enabled() -> bool:
-    """True when wandb is imported and stepsync is patched: only then do integrations act."""
-    if "wandb" not in sys.modules:
-        return False
-    from stepsync import is_patched
-
-    return is_patched()
-
-
-def active_run() -> Any:
-    """``wandb.run`` (the run ``wandb.log`` writes to) when integrations act, else None."""
-    if not enabled():
-        return None
-    return getattr(sys.modules["wandb"], "run", None)
-
-
-def follow(run: Any, step: int, source: str) -> None:
-    """Make ``step`` the current step of ``run``'s manager, never raising into training."""
-    try:
-        from stepsync import get_manager
-
-        get_manager(run).update_step(step, source=source)
-    except Exception as exc:
-        warn_once(f"update_step:{source}", exc)

@@ -13,7 +13,7 @@ from typing import Any
 
 import wrapt
 
-from stepsync.integrations import Installed, enabled, follow, warn_once
+from stepsync.integrations._common import Installed, enabled, follow, warn_once
 
 __all__ = ["install"]
 
@@ -26,8 +26,7 @@ def _log_metrics(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dic
     if step is not None and enabled():
         run = None
         try:
-            # `wandb.Run` is exported only from wandb 0.21.1: the class itself is older.
-            from wandb.sdk.wandb_run import Run
+            from stepsync._wandb import Run  # wandb is imported: the logger uses it
 
             # The logger's own run (created lazily by `experiment`); a rank other than zero gets
             # a stand-in object, which is not a Run and is left alone.

@@ -15,7 +15,7 @@ from typing import Any
 import wrapt
 from transformers.trainer_callback import TrainerCallback
 
-from stepsync.integrations import Installed, active_run, follow, warn_once
+from stepsync.integrations._common import Installed, active_run, follow, warn_once
 
 __all__ = ["StepSyncCallback", "install", "step_for_event"]
 
@@ -68,10 +68,10 @@ class StepSyncCallback(TrainerCallback):  # type: ignore[misc,unused-ignore]  # 
     the Trainer's step, for code that does not use ``STEPSYNC_ENABLED`` or ``stepsync.patch()``."""
 
     def __init__(self) -> None:
-        import stepsync
+        from stepsync._patch import patch
 
         # Before the Trainer's WandbCallback calls wandb.init, so `wandb.log` binds the patch.
-        stepsync.patch()
+        patch()
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Training (or a resume) starts at ``state.global_step``."""
