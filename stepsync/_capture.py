@@ -21,14 +21,18 @@ from wandb.util import json_dumps_safer_history
 _PLAIN = frozenset({int, float, str, bool, type(None)})
 
 
-def capture(data: Mapping[str, Any]) -> dict[str, Any]:
-    """A private copy of ``data`` that later changes to the caller's objects cannot reach."""
+def capture(data: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """A private copy of ``data`` that later changes to the caller's objects cannot reach, and
+    whether it holds nested dicts (a row with them is walked leaf by leaf at commit)."""
     copy = dict(data)
-    if not _PLAIN.issuperset(map(type, copy.values())):
-        for key, value in copy.items():
-            if type(value) not in _PLAIN:
-                copy[key] = _capture_value(value)
-    return copy
+    if _PLAIN.issuperset(map(type, copy.values())):
+        return copy, False
+    nested = False
+    for key, value in copy.items():
+        if type(value) not in _PLAIN:
+            copy[key] = captured = _capture_value(value)
+            nested = nested or type(captured) is dict
+    return copy, nested
 
 
 def _capture_value(value: Any) -> Any:  # noqa: PLR0911  (one return per kind of value)

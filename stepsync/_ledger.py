@@ -49,20 +49,27 @@ class Ledger:
         waiting = self._late.waiting
         return len(self._pending) + (1 if waiting else 0), self._pending.entries + waiting
 
-    def add(
-        self, step: int, entry: Entry, source: str, *, closed: bool, close: bool, frontier: int
+    def add(  # noqa: PLR0917  (one call's outcome; positional, as it runs per call)
+        self,
+        step: int,
+        entry: Entry,
+        source: str,
+        closed: bool,
+        close: bool,
+        frontier: int,
+        nested: bool,
     ) -> bool:
         """Add one call's entry to ``step``; False when the late policy kept it from there.
 
         ``closed``: plain wandb would have written the step's row already. ``close``: the
         call completes the step (``commit=True``), which is written now. ``frontier``: the
-        highest step seen; the steps below it are closed.
+        highest step seen; the steps below it are closed. ``nested``: the entry holds nested
+        dicts (its row is walked leaf by leaf).
         """
-        if step <= self.committed_through and not self._late.accept(
-            step, entry, source, self.committed_through
-        ):
+        through = self._rows.committed_through
+        if step <= through and not self._late.accept(step, entry, source, through):
             return False
-        if self._pending.add(step, entry, closed=closed) and not close:
+        if self._pending.add(step, entry, closed, nested) and not close:
             self._flusher.start()  # a step is left pending: the timer watches it
         if close:
             self.commit_through(step)
@@ -72,19 +79,13 @@ class Ledger:
 
     def commit_through(self, through: int) -> None:
         """Write every pending step <= ``through``, lowest first."""
-        pending = self._pending
-        while (lowest := pending.lowest()) is not None and lowest <= through:
-            step, rows = pending.pop_lowest()
+        while popped := self._pending.pop_through(through):
+            step, rows, nested = popped
             if self._late.waiting:
                 rows[0] = self._late.take_next() + rows[0]
+                nested = True  # not known for the late entries: walked, to be sure
             for entries in rows:
-                self._write(step, entries)
-
-    def commit_complete(self, through: int) -> None:
-        """A scope closed: write the pending steps up to ``through``, if there are any."""
-        lowest = self._pending.lowest()
-        if lowest is not None and lowest <= through:
-            self.commit_through(through)
+                self._write(step, entries, nested)
 
     def commit_closed(self, frontier: int, open_steps: Collection[int]) -> None:
         """Write the steps plain wandb would already have written: below ``frontier``, in no
@@ -108,7 +109,7 @@ class Ledger:
             self.commit_through(highest)
         if self._late.waiting:
             # late="next" data with no later row to join: a row of its own at the last step
-            self._write(self.committed_through, self._late.take_next())
+            self._write(self.committed_through, self._late.take_next(), True)
         self._rows.restore_summary()
 
     def take(self, step: int) -> dict[str, Any]:
@@ -156,6 +157,6 @@ class Ledger:
                 return
             self.commit_through(lowest)
 
-    def _write(self, step: int, entries: list[Entry]) -> None:
-        if self._rows.write(step, entries):
+    def _write(self, step: int, entries: list[Entry], nested: bool) -> None:
+        if self._rows.write(step, entries, nested):
             self._flusher.start()  # a late row: the tick writes back the summary it overwrote

@@ -110,17 +110,21 @@ def is_open(step: int) -> bool:
 def scope_opened(scope: object, step: int) -> None:
     """An outermost scope of ``step`` opened: every live manager hears of it."""
     _open[scope] = step
-    for member in members():
-        member.scope_entered(step)
+    for ref in _members:
+        member = ref()
+        if member is not None:
+            member.scope_entered(step)
 
 
 def scope_closed(scope: object, step: int) -> None:
     """An outermost scope closed. The last scope of a step to close completes the step; while
     another thread or task is still inside one, only the steps below it are complete."""
     _open.pop(scope, None)  # absent in a forked child: the parent's scopes are not its own
-    through = step - 1 if is_open(step) else step
-    for member in members():
-        member.scope_exited(through)
+    through = step - 1 if step in _open.values() else step
+    for ref in _members:
+        member = ref()
+        if member is not None:
+            member.scope_exited(through)
 
 
 def _finalize_all() -> None:

@@ -165,27 +165,37 @@ class StepManager:
             step = check_step(step)
         if (self._closing or _wandb.wandb_owns_step()) and self._bypass(data, step, commit):
             return
-        entry: Entry = (producer[1], capture(data))
+        captured, nested = capture(data)
+        entry: Entry = (producer[1], captured)
         scope_step = ACTIVE_STEP.get()
         with self._lock:
-            target, close = self._resolve(step, commit, scope_step, producer[0])
-            frontier = self._frontier = max(self._frontier, target)
-            # a step below the open one, outside any scope: wandb would have written its row
-            closed = scope_step is None and target < frontier and not _live.is_open(target)
-            self._ledger.add(
-                target, entry, producer[0], closed=closed, close=close, frontier=frontier
-            )
+            if scope_step is None:
+                target, close = self._resolve(step, commit)
+            else:  # inside a scope the scope's step wins
+                if step is not None and step != scope_step:
+                    self._step_conflict(step, scope_step, producer[0])
+                target, close = scope_step, False
+            if target > self._frontier:
+                self._frontier = target
+            # below the open step, outside any scope: wandb would have written its row
+            closed = scope_step is None and target < self._frontier and not _live.is_open(target)
+            self._ledger.add(target, entry, producer[0], closed, close, self._frontier, nested)
 
     def scope_entered(self, step: int) -> None:
-        """A scope of ``step`` opened (any thread): it is the current step; those below close."""
-        with self._lock:
-            self._current = step
-            self._frontier = max(self._frontier, step)
+        """A scope of ``step`` opened (any thread): it is the current step; those below close.
+
+        Without the lock, so that opening a scope never waits for another thread's commit: a
+        race with a call in another thread can only leave the frontier lower, and a closed
+        step then waits a little longer for its commit. Nothing is lost.
+        """
+        self._current = step
+        if step > self._frontier:
+            self._frontier = step
 
     def scope_exited(self, through: int) -> None:
         """A scope closed: the pending steps up to ``through`` are complete and commit now."""
         with self._lock:
-            self._ledger.commit_complete(through)
+            self._ledger.commit_through(through)
 
     def commit_idle_steps(self) -> None:
         """The idle timer's tick: commit the closed steps (lowest first) that got no data since
@@ -232,15 +242,9 @@ class StepManager:
 
     # ------------------------------------------------------------------ internals
 
-    def _resolve(
-        self, step: int | None, commit: bool | None, scope_step: int | None, source: str
-    ) -> tuple[int, bool]:
-        """The logical step of a call, and whether the call closes it (commits it now)."""
-        if scope_step is not None:
-            if step is not None and step != scope_step:
-                self._stats.step_conflicts += 1
-                logger.debug("stepsync: %s logged step=%d in scope %d", source, step, scope_step)
-            return scope_step, False
+    def _resolve(self, step: int | None, commit: bool | None) -> tuple[int, bool]:
+        """The logical step of a call outside any scope, and whether the call closes it (commits
+        it now)."""
         if step is not None:
             return step, bool(commit)  # an explicit step with commit=True closes it, as in wandb
         if self._current is not None:
@@ -249,6 +253,12 @@ class StepManager:
         # (None or True) closes it, as plain wandb would.
         auto_step = max(self._frontier, self._ledger.committed_through + 1)
         return auto_step, commit is None or bool(commit)
+
+    def _step_conflict(self, step: int, scope_step: int, source: str) -> None:
+        self._stats.step_conflicts += 1
+        logger.debug(
+            "stepsync: %s logged step=%d in scope %d; the scope wins", source, step, scope_step
+        )
 
     def _bypass(self, data: Mapping[str, Any], step: int | None, commit: bool | None) -> bool:
         """True when the call is not buffered: a disabled run, a finished one (which raises, as

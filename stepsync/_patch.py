@@ -50,7 +50,7 @@ def routing_log(original: Function) -> Function:
             # Arguments stepsync does not read (wandb decides what they mean, or rejects them),
             # or a bound method kept from before ``unpatch()``.
             return _wandb.call_native(original, run, data, step, commit, *more, **kw)
-        manager = _live.manager_of(run)
+        manager = run.__dict__.get(_live.ATTR)
         if manager is None:  # the run's first call
             try:
                 manager = get_manager(run)

@@ -19,6 +19,8 @@ class Pending:
         self._order: list[int] = []  # the pending steps, as a heap
         #: Later rows of a closed step: a second value for a key its row holds.
         self._later_rows: dict[int, list[list[Entry]]] = {}
+        #: The steps with an entry that holds nested dicts.
+        self._nested: set[int] = set()
         #: What the idle timer saw of each bucket at its last tick.
         self._marks: dict[int, tuple[list[Entry], int]] = {}
         #: How many entries wait, in every step.
@@ -36,13 +38,16 @@ class Pending:
         """The highest pending step."""
         return max(self._buckets) if self._buckets else None
 
-    def add(self, step: int, entry: Entry, *, closed: bool = False) -> bool:
+    def add(self, step: int, entry: Entry, closed: bool = False, nested: bool = True) -> bool:
         """Add ``entry`` to ``step``; return True when the step was not pending before.
 
         ``closed``: plain wandb would already have written the step's row, so a value for a
         key that row holds must not replace the first one: it opens a later row of the step.
+        ``nested``: the entry holds nested dicts.
         """
         self.entries += 1
+        if nested:
+            self._nested.add(step)
         bucket = self._buckets.get(step)
         if bucket is None:
             self._buckets[step] = [entry]
@@ -61,12 +66,19 @@ class Pending:
             self._later_rows[step] = [[entry]]
         return False
 
-    def pop_lowest(self) -> tuple[int, list[list[Entry]]]:
-        """Remove the lowest step; return it and its rows' entries (usually one row)."""
-        step = heapq.heappop(self._order)
+    def pop_through(self, through: int) -> tuple[int, list[list[Entry]], bool] | None:
+        """Remove the lowest step if it is <= ``through``; return it, its rows' entries (usually
+        one row) and whether they hold nested dicts. None when no step <= ``through`` waits."""
+        order = self._order
+        if not order or order[0] > through:
+            return None
+        step = heapq.heappop(order)
         rows = [self._buckets.pop(step), *self._later_rows.pop(step, ())]
         self.entries -= sum(map(len, rows))
-        return step, rows
+        nested = step in self._nested
+        if nested:
+            self._nested.discard(step)
+        return step, rows, nested
 
     def take(self, step: int) -> list[Entry]:
         """Remove ``step`` wherever it is; return all its entries in one list, in order."""
@@ -75,6 +87,7 @@ class Pending:
             return []
         self._order.remove(step)
         heapq.heapify(self._order)
+        self._nested.discard(step)
         for row in self._later_rows.pop(step, ()):
             entries += row
         self.entries -= len(entries)

@@ -36,8 +36,11 @@ class RowWriter:
         self._metrics = MetricDefinitions(axis_key)
         self._summary = SummaryKeeper(run, self._metrics)
 
-    def write(self, step: int, entries: list[Entry]) -> bool:
-        """Write ``entries`` as one row of logical ``step``; return True for a late row."""
+    def write(self, step: int, entries: list[Entry], nested: bool = True) -> bool:
+        """Write ``entries`` as one row of logical ``step``; return True for a late row.
+
+        ``nested``: some entry holds nested dicts (False lets the bookkeeping skip the walk).
+        """
         row, collisions = merge(entries)
         stats = self._stats
         stats.key_conflicts += collisions
@@ -66,7 +69,7 @@ class RowWriter:
             stats.step_jumps += 1
             if not self._metrics.switched:
                 self._declare(self._metrics.switch())
-        self._summary.after_row(step, row, late)
+        self._summary.after_row(step, row, late, nested)
         return late
 
     def user_defined_metric(self, name: str, options: Mapping[str, Any]) -> None:

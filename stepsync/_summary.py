@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from wandb.util import json_dumps_safer_history
@@ -37,27 +37,42 @@ class SummaryKeeper:
         self._metrics = metrics
         self._newest_step: dict[Leaf, int] = {}  # leaf -> newest logical step committed
         self._newest_value: dict[Leaf, Any] = {}  # leaf -> its value there
+        # The leaves of the last row written in order, and its step. A training loop writes the
+        # same leaves every step: then only their step changes, and it is written into
+        # `_newest_step` once, when the leaves change or a late row needs the steps.
+        self._group: frozenset[Leaf] = frozenset()
+        self._group_step = -1
         self._stale: set[Leaf] = set()  # leaves a late row overwrote: written back at `restore()`
         self._last_fixes: set[Leaf] = set()  # leaves with a user `last`: written back at finish
 
-    def after_row(self, step: int, row: Mapping[str, Any], late: bool) -> None:
-        """Note a committed row; a late one marks the keys whose summary it overwrote."""
-        nested = dict in map(type, row.values())
-        # flat (the common case): the keys are the leaves
-        items: Iterable[tuple[Leaf, Any]] = list(leaves(row)) if nested else row.items()
-        newest = self._newest_step
+    def after_row(self, step: int, row: Mapping[str, Any], late: bool, nested: bool) -> None:
+        """Note a committed row; a late one marks the keys whose summary it overwrote.
+
+        ``nested``: the row may hold nested dicts; a flat row's keys are its leaves.
+        """
+        values: Mapping[Any, Any] = dict(leaves(row)) if nested else row
         if late:
-            overwritten = [key for key, _ in items if newest.get(key, -1) > step]
+            self._fold_group()
+            newest = self._newest_step
+            overwritten = [key for key in values if newest.get(key, -1) > step]
             if overwritten:
                 self._mark_stale(overwritten)
-                items = [(key, value) for key, value in items if newest.get(key, -1) <= step]
-        elif self._stale or self._last_fixes:
-            written = {key for key, _ in items}  # a newer row writes these summaries itself
-            self._stale -= written
-            self._last_fixes -= written
-        values = dict(items)
-        newest.update(dict.fromkeys(values, step))
+                values = {key: value for key, value in values.items() if key not in overwritten}
+            newest.update(dict.fromkeys(values, step))
+        else:
+            if self._stale or self._last_fixes:  # a newer row writes these summaries itself
+                self._stale.difference_update(values)
+                self._last_fixes.difference_update(values)
+            if values.keys() != self._group:
+                self._fold_group()
+                self._group = frozenset(values)
+            self._group_step = step
         self._newest_value.update(values)
+
+    def _fold_group(self) -> None:
+        """Write the step of the last row's leaves into ``_newest_step``; start a new group."""
+        self._newest_step.update(dict.fromkeys(self._group, self._group_step))
+        self._group = frozenset()
 
     def restore(self) -> None:
         """Write back the summaries late rows overwrote: each key's value at its newest step."""
