@@ -70,7 +70,7 @@ def _merge_into(target: dict[str, Any], data: Mapping[str, Any]) -> int:
     for key, value in data.items():
         if key in target:
             old = target[key]
-            if isinstance(old, dict) and isinstance(value, dict):
+            if _wandb.MERGES_NESTED_DICTS and isinstance(old, dict) and isinstance(value, dict):
                 nested = dict(old)  # the user's own dict stays untouched
                 collisions += _merge_into(nested, value)
                 target[key] = nested
@@ -394,7 +394,7 @@ class StepManager:
         """A disabled run, a finished one (raises, as wandb), or one whose step wandb owns."""
         if self._noop:
             return True
-        if getattr(self._run, "_is_finished", False):  # wandb refuses log() after finish()
+        if _wandb.is_finished(self._run):  # wandb refuses log() after finish()
             raise _run_finished_error(self._run)
         if self._passthrough or _wandb.wandb_owns_step():
             if not self._passthrough:

@@ -11,7 +11,21 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import pytest
+import wandb
+
+from stepsync import _wandb
 from stepsync.history import read_history, read_records
+
+#: The installed wandb, as a tuple (tests whose wandb facts changed across versions read it).
+WANDB_VERSION = _wandb.VERSION
+#: wandb >= 0.19.10: ``reinit="create_new"``, several live runs in one process.
+SEVERAL_LIVE_RUNS = _wandb.SEVERAL_LIVE_RUNS
+#: For tests that hold two live runs at once.
+needs_several_live_runs = pytest.mark.skipif(
+    not SEVERAL_LIVE_RUNS,
+    reason="wandb < 0.19.10 holds one live run per process (no reinit='create_new')",
+)
 
 #: The axis key stepsync writes into every row it commits.
 AXIS = "stepsync/step"
@@ -24,8 +38,21 @@ NON_USER_KEYS = frozenset({"_runtime", "_timestamp", "_wandb"})
 
 def finish_run(run: Any) -> None:
     """Finish ``run`` unless it is finished already."""
-    if not getattr(run, "_is_finished", False):
+    if not _wandb.is_finished(run):
         run.finish()
+
+
+def init_run(**kwargs: Any) -> Any:
+    """``wandb.init(**kwargs)``, with ``reinit`` as this wandb understands it.
+
+    Before wandb 0.19.10 there is no ``reinit="create_new"``/``"finish_previous"``: a process
+    holds one live run, so the previous one is finished and ``reinit=True`` starts the next.
+    """
+    if not SEVERAL_LIVE_RUNS and kwargs.get("reinit") in ("create_new", "finish_previous"):
+        if wandb.run is not None:
+            finish_run(wandb.run)
+        kwargs["reinit"] = True
+    return wandb.init(**kwargs)
 
 
 def rows_of(run: Any) -> list[dict[str, Any]]:
