@@ -35,6 +35,13 @@ QUIET = 3600.0
 # wandb's own bookkeeping keys; `_step` is kept because tests assert on the native step.
 NON_USER_KEYS = frozenset({"_runtime", "_timestamp", "_wandb"})
 
+#: For tests that log a ``wandb.Table``: offline, wandb 0.18.x and 0.19.1 (measured; 0.19.10 and
+#: 0.17.9 do not) try the network at the Table and hang without it, natively too.
+tables_work_offline = pytest.mark.skipif(
+    (0, 18, 0) <= WANDB_VERSION < (0, 19, 10),
+    reason="offline, wandb 0.18 to 0.19.9 try the network when a wandb.Table is logged and hang",
+)
+
 
 def finish_run(run: Any) -> None:
     """Finish ``run`` unless it is finished already."""

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _wandb_helpers import needs_several_live_runs
+from _wandb_helpers import needs_several_live_runs, tables_work_offline
 
 from stepsync.history import find_run_dirs, read_history
 
@@ -328,6 +328,7 @@ class TestScenarios:
             assert all(abs(value - scale / step) < 1e-9 for step, value in pairs), pairs
         assert len(logged(native.rows, "custom/seen_step")) < 8
 
+    @tables_work_offline
     def test_trl_step_less_completions_table(self, tmp_path: Path) -> None:
         """TRL pattern: every completions Table lands, and the step=global_step callback too."""
         patched, native = run_pair("trl_completions", tmp_path)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import wandb
-from _wandb_helpers import AXIS, QUIET, rows
+from _wandb_helpers import AXIS, QUIET, rows, tables_work_offline
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import bad_data, bad_steps, metric_values, negative_steps
@@ -267,6 +267,7 @@ class TestNumpyAndTorch:
 
 
 class TestMedia:
+    @tables_work_offline
     def test_media_objects_arrive_whole_in_the_right_row(self, offline_run):
         """wandb.Image, Table and Histogram land complete in the row of their step."""
         run = offline_run()
