@@ -116,3 +116,12 @@ def run_script(
     )
     assert proc.returncode == 0, proc.stderr
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def derived_from_glob(metric: Any) -> bool:
+    """A metric record wandb wrote itself for a key a glob matched: ``expanded_from_glob``
+    (wandb-core); wandb < 0.18 (the Python backend, no such field) writes those with
+    ``options.defined`` False, where every ``define_metric`` call's own record has it True."""
+    if "expanded_from_glob" in metric.DESCRIPTOR.fields_by_name:
+        return bool(metric.expanded_from_glob)
+    return not metric.options.defined

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import pytest
 import wandb
-from _wandb_helpers import AXIS, NON_USER_KEYS
+from _wandb_helpers import AXIS, NON_USER_KEYS, derived_from_glob
 from google.protobuf.json_format import MessageToDict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -466,7 +466,7 @@ def outcome_of(
     metrics = [
         MessageToDict(r.metric, preserving_proto_field_name=True)
         for r in records
-        if r.WhichOneof("record_type") == "metric" and not r.metric.expanded_from_glob
+        if r.WhichOneof("record_type") == "metric" and not derived_from_glob(r.metric)
     ]
     summary = recorded_summary(records)
     return Outcome(
