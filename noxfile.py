@@ -1,7 +1,8 @@
-"""Run the test suite against the oldest wandb stepsync supports and against the newest.
+"""Run the test suite against the oldest wandb stepsync supports, a middle release and the newest.
 
     nox -s wandb_newest                      # the newest wandb release (the default session)
     nox -s wandb_oldest                      # OLDEST_WANDB below
+    nox -s wandb_middle                      # MIDDLE_WANDB below
     nox -s wandb_oldest -- tests/test_core.py -x     # arguments after -- go to pytest
 
 Each session builds a fresh virtualenv with the project's ``dev`` extra and the chosen wandb.
@@ -12,24 +13,26 @@ from __future__ import annotations
 
 import nox
 
-#: The oldest supported wandb: the oldest release the suite can run against. Before 0.19.10,
-#: ``wandb.init`` has no ``reinit="create_new"``/``"finish_previous"``, so a process cannot hold
-#: several live runs (one manager per run) and the tests cannot start one run per test.
-#: What stepsync itself uses is older: ``Run.log`` -> ``Run._log``, ``Run._teardown_hooks`` with
-#: ``TeardownStage.EARLY``, the ``run.step`` property and the offline ``.wandb`` format that
-#: ``stepsync.history`` reads are all in 0.18.7 already. Between 0.19.10 and 0.27.2 two details
-#: differ from the newest wandb: the Python-side step counter is ``Run._step`` (``_local_step``
-#: from 0.27.2, when ``run.step`` became a round trip to wandb-core), and a disabled run is a
-#: plain ``Run`` with ``run.disabled`` set (``NoopRun``, a ``Run`` subclass, from 0.27.1).
-OLDEST_WANDB = "0.19.10"
+#: The oldest supported wandb: the last 0.15 release (stepsync declares ``wandb>=0.15.0``).
+#: wandb 0.15 to 0.17 run the Python backend: no ``reinit="create_new"`` (one live run per
+#: process before 0.19.10; tests that need two skip), nested dicts within a step are replaced,
+#: not merged (``stepsync._wandb.MERGES_NESTED_DICTS``), and the offline file has the last rows,
+#: the summary and ``final`` after ``exit``. wandb 0.16.6 and older need ``numpy<2``.
+OLDEST_WANDB = "0.15.12"
+#: A middle release: the last one with the Python backend. (0.18.x and 0.19.1 hang offline when
+#: a ``wandb.Table`` is logged, natively too, so they are not picked.)
+MIDDLE_WANDB = "0.17.9"
 
 nox.options.sessions = ["wandb_newest"]
 nox.options.default_venv_backend = "venv"
 
 
 def _run_suite(session: nox.Session, *wandb_requirement: str) -> None:
-    session.install("-e", ".[dev]")
-    session.install(*wandb_requirement)
+    if wandb_requirement[0] == "--upgrade":
+        session.install("-e", ".[dev]")
+        session.install(*wandb_requirement)
+    else:  # one resolution, so pip never installs a newer wandb or numpy 2 first
+        session.install("-e", ".[dev]", *wandb_requirement)
     session.run("python", "-c", "import wandb; print('wandb', wandb.__version__)")
     session.run("pytest", *session.posargs)
 
@@ -41,6 +44,12 @@ def wandb_newest(session: nox.Session) -> None:
 
 
 @nox.session
+def wandb_middle(session: nox.Session) -> None:
+    """The suite against a middle wandb release."""
+    _run_suite(session, f"wandb=={MIDDLE_WANDB}")
+
+
+@nox.session
 def wandb_oldest(session: nox.Session) -> None:
-    """The suite against the oldest supported wandb release."""
-    _run_suite(session, f"wandb=={OLDEST_WANDB}")
+    """The suite against the oldest supported wandb release (with numpy<2, as it needs)."""
+    _run_suite(session, f"wandb=={OLDEST_WANDB}", "numpy<2")

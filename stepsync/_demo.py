@@ -136,7 +136,7 @@ def run_demo(steps: int, workdir: str | os.PathLike[str]) -> dict[str, DemoResul
 
 def _evaluate(document: Mapping[str, Any], console: str) -> DemoResult:
     """Read a finished run back and count what wandb kept of what the job logged."""
-    from stepsync._scan import scan_run
+    from stepsync._scan import parse_drops, scan_run
     from stepsync.history import read_history
 
     run_dir = document["run_dir"]
@@ -165,6 +165,9 @@ def _evaluate(document: Mapping[str, Any], console: str) -> DemoResult:
         if key == CALLBACK_KEY
     )
     stats = document["stats"]
+    report = scan_run(run_dir)
+    # wandb 0.15.10 to 0.17 report drops on the terminal only (the scan says "unknown").
+    drops = parse_drops(console) if report.status == "unknown" else report.drops
     return DemoResult(
         values_logged=len(meant),
         values_kept=kept,
@@ -173,7 +176,7 @@ def _evaluate(document: Mapping[str, Any], console: str) -> DemoResult:
         rows=len(rows),
         log_calls=document["log_calls"],
         wandb_calls=stats["wandb_calls"] if stats else document["log_calls"],
-        drops_reported=len(scan_run(run_dir).drops),
+        drops_reported=len(drops),
         warnings=len(_WANDB_WARNING.findall(console)),
         seconds=round(document["seconds"], 3),
         run_dir=run_dir,

@@ -128,12 +128,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         stepsync.patch()
     import wandb
 
+    from stepsync._wandb import no_stats_settings
+
     run = wandb.init(
         project="stepsync-demo",
         name=f"demo-{args.variant}",
         dir=args.dir,
         mode="offline",
-        settings=wandb.Settings(x_disable_stats=True, save_code=False, disable_git=True),
+        settings=wandb.Settings(**no_stats_settings(), save_code=False, disable_git=True),
     )
     calls = CallLog()
     started = time.perf_counter()

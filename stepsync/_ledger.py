@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
+from stepsync import _wandb
 from stepsync._config import Options
 from stepsync._flusher import IdleFlusher
 from stepsync._late import LateData
@@ -117,7 +118,7 @@ class Ledger:
         entries = self._pending.take(step)
         if not entries:
             return {}
-        row, collisions = merge(entries)
+        row, collisions = merge(entries, _wandb.MERGES_NESTED_DICTS)
         self._stats.key_conflicts += collisions
         self._stats.calls_saved += len(entries)  # what is done with the row is one more call
         return row

@@ -12,10 +12,11 @@ Entry = tuple[int, dict[str, Any]]
 _by_priority = itemgetter(0)
 
 
-def merge(entries: Sequence[Entry]) -> tuple[dict[str, Any], int]:
+def merge(entries: Sequence[Entry], deep: bool = True) -> tuple[dict[str, Any], int]:
     """Merge one step's entries into one row; return it and the number of key collisions.
 
-    Nested dicts are merged key by key, as wandb merges them within a step.
+    ``deep``: nested dicts are merged key by key, as wandb >= 0.18 merges them within a step
+    (older wandb lets the later dict replace the earlier one whole).
     """
     if len(entries) == 1:
         return entries[0][1], 0  # captured at the call: already the row's own copy
@@ -31,19 +32,20 @@ def merge(entries: Sequence[Entry]) -> tuple[dict[str, Any], int]:
     # A stable sort, highest number first: more important sources write last and win; within
     # one priority the arrival order is kept, so the later write wins.
     for _, data in sorted(entries, key=_by_priority, reverse=True):
-        collisions += _merge_into(merged, data)
+        collisions += _merge_into(merged, data, deep)
     return merged, collisions
 
 
-def _merge_into(target: dict[str, Any], data: Mapping[str, Any]) -> int:
-    """Write ``data`` over ``target`` (nested dicts key by key); return the keys overwritten."""
+def _merge_into(target: dict[str, Any], data: Mapping[str, Any], deep: bool) -> int:
+    """Write ``data`` over ``target`` (``deep``: nested dicts key by key); return the keys
+    overwritten."""
     collisions = 0
     for key, value in data.items():
         if key in target:
             old = target[key]
-            if isinstance(old, dict) and isinstance(value, dict):
+            if deep and isinstance(old, dict) and isinstance(value, dict):
                 nested = dict(old)  # the captured dict stays as it was
-                collisions += _merge_into(nested, value)
+                collisions += _merge_into(nested, value, deep)
                 target[key] = nested
                 continue
             collisions += 1

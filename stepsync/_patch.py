@@ -150,7 +150,7 @@ def patch() -> None:
     """Route wandb's ``Run.log`` through stepsync (idempotent; undo with ``unpatch()``)."""
     global _patched
     with _lock:
-        if _patched:
+        if _patched or not _wandb.check_supported():  # an old wandb: one warning, no patch
             return
         run_class = _wandb.Run
         originals = {

@@ -41,7 +41,7 @@ class RowWriter:
 
         ``nested``: some entry holds nested dicts (False lets the bookkeeping skip the walk).
         """
-        row, collisions = merge(entries)
+        row, collisions = merge(entries, _wandb.MERGES_NESTED_DICTS)
         stats = self._stats
         stats.key_conflicts += collisions
         stats.calls_saved += len(entries) - 1

@@ -7,7 +7,9 @@ thread-local guard tells the patched ``Run._log`` that a call comes from wandb's
 from __future__ import annotations
 
 import os
+import re
 import threading
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -17,6 +19,34 @@ from wandb.sdk import wandb_run
 from stepsync._errors import NoActiveRunError
 
 Run = wandb_run.Run
+
+
+def _version(text: str) -> tuple[int, int, int]:
+    """``"0.15.12"`` -> ``(0, 15, 12)``; a pre-release or local suffix is ignored."""
+    parts = [int(number) for number in re.findall(r"\d+", text)[:3]]
+    parts += [0] * (3 - len(parts))
+    return parts[0], parts[1], parts[2]
+
+
+#: The installed wandb, as a tuple.
+VERSION = _version(wandb.__version__)
+
+#: The oldest wandb stepsync patches. Measured on 0.12.21, 0.13.11 and 0.14.2 (Python 3.11):
+#: ``Run._is_finished`` is missing (logging after ``finish()`` is not refused) and they do not
+#: install on Python >= 3.12, so ``patch()`` leaves them alone with one warning.
+MIN_VERSION = (0, 15, 0)
+SUPPORTED = VERSION >= MIN_VERSION
+
+#: wandb >= 0.19.10: ``wandb.init(reinit="create_new")``, several live runs in one process.
+#: Before it a process holds one live run (``reinit=True`` finishes the previous one), and
+#: stepsync follows that: one manager per run, one run at a time.
+SEVERAL_LIVE_RUNS = VERSION >= (0, 19, 10)
+
+#: wandb >= 0.18.0 (wandb-core) merges nested dicts logged to one step key by key
+#: (``{"n": {"x": 1}}`` then ``{"n": {"y": 2}}`` make ``{"n": {"x": 1, "y": 2}}``). wandb 0.15.0
+#: to 0.17.9 (the Python backend: ``HandleManager.handle_request_partial_history`` does a plain
+#: ``dict.update``) keep only the later dict: ``{"n": {"y": 2}}``. stepsync's merge follows.
+MERGES_NESTED_DICTS = VERSION >= (0, 18, 0)
 
 #: wandb's record of its own monkeypatches (``{"tensorboard": [...], ...}``); never rebound.
 PATCHES: dict[str, Any] = getattr(wandb, "patched", None) or {}
@@ -194,6 +224,45 @@ def is_shared(run: Any) -> bool:
         return False
 
 
+def is_finished(run: Any) -> bool:
+    """True once ``run.finish()`` has begun (wandb then refuses ``log``; wandb >= 0.15.0)."""
+    return bool(getattr(run, "_is_finished", False))
+
+
+def check_supported() -> bool:
+    """True when this wandb can be patched; else warn once (naming the minimum) and say False."""
+    global _warned_unsupported
+    if SUPPORTED:
+        return True
+    if not _warned_unsupported and not os.environ.get(_WARNED_VARIABLE):
+        _warned_unsupported = True
+        # Child processes (wandb's own service process, started with the activation variable
+        # inherited, and a job's workers) say it no second time.
+        os.environ[_WARNED_VARIABLE] = "1"
+        warnings.warn(
+            f"stepsync needs wandb >= {'.'.join(map(str, MIN_VERSION))} (found "
+            f"{wandb.__version__}); wandb is left unpatched and logs as it always did",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return False
+
+
+_warned_unsupported = False
+_WARNED_VARIABLE = "_STEPSYNC_WARNED_OLD_WANDB"
+
+
+def no_stats_settings() -> dict[str, Any]:
+    """``wandb.Settings`` keywords that turn system metrics off (the demo's runs).
+
+    ``x_disable_stats`` from wandb 0.19.0 (its pydantic settings); wandb 0.15.0 to 0.18.x
+    reject that name and call it ``_disable_stats``.
+    """
+    if VERSION >= (0, 19, 0):
+        return {"x_disable_stats": True}
+    return {"_disable_stats": True}
+
+
 def add_finish_hook(run: Any, hook: Callable[[], None]) -> bool:
     """Run ``hook`` at the start of ``run.finish()``, while the run still accepts ``log``."""
     try:
@@ -202,11 +271,6 @@ def add_finish_hook(run: Any, hook: Callable[[], None]) -> bool:
     except Exception:
         return False
     return True
-
-
-def is_finished(run: Any) -> bool:
-    """True once ``run.finish()`` is done: wandb then refuses ``log``."""
-    return bool(getattr(run, "_is_finished", False))
 
 
 def finished_error(run: Any) -> Exception:

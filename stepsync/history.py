@@ -91,9 +91,11 @@ def read_records(
 ) -> list[Any]:
     """Return every complete ``wandb_internal_pb2.Record`` of a run file, in file order.
 
-    Waits up to ``timeout`` seconds for the run's ``exit`` record (offline ``run.finish()`` can
-    return before wandb-core has written the file); after that, or with ``wait_for_exit=False``,
-    returns what is complete, ignoring a truncated tail.
+    Waits up to ``timeout`` seconds for the end of the run (offline ``run.finish()`` can return
+    before wandb has written the file): the ``exit`` record, and for a run written by wandb's
+    Python backend (wandb < 0.18, or a legacy service) the ``final`` record, because that backend
+    writes the last history row, the summary, ``final`` and ``footer`` after ``exit``. After
+    that, or with ``wait_for_exit=False``, returns what is complete, ignoring a truncated tail.
     """
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number of seconds, got {timeout!r}")
@@ -109,8 +111,9 @@ def read_records(
     while wait_for_exit and not reader.exited:
         if time.monotonic() >= deadline:
             logger.warning(
-                "%s: no exit record after %.1f s; returning the %d complete records so far",
+                "%s: no %s record after %.1f s; returning the %d complete records so far",
                 reader.path,
+                "final" if reader.exit_seen else "exit",
                 timeout,
                 len(reader.records),
             )
@@ -173,7 +176,14 @@ class _LogReader:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.records: list[Any] = []
+        #: The run is complete: its ``exit`` record is in, and for the Python backend its
+        #: ``final`` record too (that backend writes the last row and the summary after ``exit``).
         self.exited = False
+        self.exit_seen = False
+        #: Written by wandb-core (wandb >= 0.18): its header names the producer version, and
+        #: ``exit`` comes after every history row and summary. wandb 0.12 to 0.17 (the Python
+        #: backend) write an empty header and ``exit``, [history], summary, ``final``, ``footer``.
+        self.core: bool | None = None
         self._offset = 0  # end of the last complete record (or of the file header)
 
     def read_new(self) -> None:
@@ -196,7 +206,17 @@ class _LogReader:
             except decode_error as exc:
                 raise HistoryReadError(f"{self.path}: not a wandb Record: {exc}") from exc
             self.records.append(record)
-            self.exited = self.exited or record.HasField("exit")
+            kind = record.WhichOneof("record_type")
+            if kind == "header":
+                # wandb < 0.18's own protobuf has no `version_info` field (AttributeError)
+                version_info = getattr(record.header, "version_info", None)
+                self.core = bool(getattr(version_info, "producer", ""))
+            elif kind == "exit":
+                self.exit_seen = True
+            elif kind in ("final", "footer"):
+                self.exited = True
+            if self.exit_seen and self.core:
+                self.exited = True
 
     def _complete_payloads(self, data: bytes) -> list[bytes]:
         """Join the chunks in ``data`` (file bytes from ``self._offset`` on) into payloads."""

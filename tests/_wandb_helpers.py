@@ -11,7 +11,21 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import pytest
+import wandb
+
+from stepsync import _wandb
 from stepsync.history import read_history, read_records
+
+#: The installed wandb, as a tuple (tests whose wandb facts changed across versions read it).
+WANDB_VERSION = _wandb.VERSION
+#: wandb >= 0.19.10: ``reinit="create_new"``, several live runs in one process.
+SEVERAL_LIVE_RUNS = _wandb.SEVERAL_LIVE_RUNS
+#: For tests that hold two live runs at once.
+needs_several_live_runs = pytest.mark.skipif(
+    not SEVERAL_LIVE_RUNS,
+    reason="wandb < 0.19.10 holds one live run per process (no reinit='create_new')",
+)
 
 #: The axis key stepsync writes into every row it commits.
 AXIS = "stepsync/step"
@@ -21,11 +35,31 @@ QUIET = 3600.0
 # wandb's own bookkeeping keys; `_step` is kept because tests assert on the native step.
 NON_USER_KEYS = frozenset({"_runtime", "_timestamp", "_wandb"})
 
+#: For tests that log a ``wandb.Table``: offline, wandb 0.18.x and 0.19.1 (measured; 0.19.10 and
+#: 0.17.9 do not) try the network at the Table and hang without it, natively too.
+tables_work_offline = pytest.mark.skipif(
+    (0, 18, 0) <= WANDB_VERSION < (0, 19, 10),
+    reason="offline, wandb 0.18 to 0.19.9 try the network when a wandb.Table is logged and hang",
+)
+
 
 def finish_run(run: Any) -> None:
     """Finish ``run`` unless it is finished already."""
-    if not getattr(run, "_is_finished", False):
+    if not _wandb.is_finished(run):
         run.finish()
+
+
+def init_run(**kwargs: Any) -> Any:
+    """``wandb.init(**kwargs)``, with ``reinit`` as this wandb understands it.
+
+    Before wandb 0.19.10 there is no ``reinit="create_new"``/``"finish_previous"``: a process
+    holds one live run, so the previous one is finished and ``reinit=True`` starts the next.
+    """
+    if not SEVERAL_LIVE_RUNS and kwargs.get("reinit") in ("create_new", "finish_previous"):
+        if wandb.run is not None:
+            finish_run(wandb.run)
+        kwargs["reinit"] = True
+    return wandb.init(**kwargs)
 
 
 def rows_of(run: Any) -> list[dict[str, Any]]:
@@ -51,7 +85,7 @@ def declared_metrics(run: Any) -> set[tuple[str, str]]:
     return {
         (m.metric.name or m.metric.glob_name, m.metric.step_metric)
         for m in records_of(run, "metric")
-        if not m.metric.expanded_from_glob
+        if not derived_from_glob(m.metric)
     }
 
 
@@ -92,3 +126,12 @@ def run_script(
     )
     assert proc.returncode == 0, proc.stderr
     return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+
+def derived_from_glob(metric: Any) -> bool:
+    """A metric record wandb wrote itself for a key a glob matched: ``expanded_from_glob``
+    (wandb-core); wandb < 0.18 (the Python backend, no such field) writes those with
+    ``options.defined`` False, where every ``define_metric`` call's own record has it True."""
+    if "expanded_from_glob" in metric.DESCRIPTOR.fields_by_name:
+        return bool(metric.expanded_from_glob)
+    return not metric.options.defined

@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import wandb
-from _wandb_helpers import finish_run
+
+# No error reports to Sentry from the tests (offline, no network): wandb reads this at import.
+os.environ["WANDB_ERROR_REPORTING"] = "false"
+
+from _wandb_helpers import finish_run, init_run
 
 import stepsync
 from stepsync._config import reset as reset_config
@@ -28,6 +31,7 @@ def isolated_wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
     home = tmp_path / "wandb-home"
     monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_ERROR_REPORTING", "false")
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_CONSOLE", "off")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
@@ -61,7 +65,7 @@ def offline_run(tmp_path: Path) -> Iterator[Callable[..., Any]]:
             "reinit": "create_new",
             **init_kwargs,
         }
-        run = wandb.init(**kwargs)
+        run = init_run(**kwargs)
         runs.append(run)
         return run
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _wandb_helpers import needs_several_live_runs, tables_work_offline
 
 from stepsync.history import find_run_dirs, read_history
 
@@ -327,6 +328,7 @@ class TestScenarios:
             assert all(abs(value - scale / step) < 1e-9 for step, value in pairs), pairs
         assert len(logged(native.rows, "custom/seen_step")) < 8
 
+    @tables_work_offline
     def test_trl_step_less_completions_table(self, tmp_path: Path) -> None:
         """TRL pattern: every completions Table lands, and the step=global_step callback too."""
         patched, native = run_pair("trl_completions", tmp_path)
@@ -377,6 +379,7 @@ class TestScenarios:
         axes = [row[AXIS] for row in rows if AXIS in row]
         assert sorted(axes) == list(range(8)), "one merged row per step, no late rows"
 
+    @needs_several_live_runs
     def test_two_runs_in_one_process(self, tmp_path: Path) -> None:
         """With reinit="create_new", each run keeps its own late values and only its own keys."""
         patched, native = run_pair("two_runs", tmp_path)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _wandb_helpers import needs_several_live_runs
 
 BENCHMARKS = Path(__file__).parent / "benchmarks"
 
@@ -56,6 +57,8 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> dict[str, QuickRun]:
     }
 
 
+# The benchmarks hold a native and a stepsync run live side by side (reinit="create_new").
+@needs_several_live_runs
 class TestBenchmarkScripts:
     def test_core_prints_b1_b1b_b2_as_ratios(self, quick):
         """bench_core.py prints B1, B1b and B2 as finite positive ratios with their goals."""

@@ -16,7 +16,15 @@ from hypothesis import given
 from strategies import entries
 
 import stepsync
-from stepsync import LateStepError, StepManager, get_manager, logs_metrics, propagate, step_scope
+from stepsync import (
+    LateStepError,
+    StepManager,
+    _wandb,
+    get_manager,
+    logs_metrics,
+    propagate,
+    step_scope,
+)
 from stepsync._merge import merge
 
 
@@ -391,6 +399,17 @@ class TestMerging:
                     expected[key], best[key] = value, priority
         assert merged == expected
         assert collisions == sum(len(d) for _, d in entries) - len(expected)
+
+    @pytest.mark.parametrize("merges", [True, False])
+    def test_nested_dicts_merge_as_the_installed_wandb_does(self, monkeypatch, merges):
+        """wandb >= 0.18 merges nested dicts of one step leaf by leaf; before, the later dict
+        replaces the earlier one whole (``_wandb.MERGES_NESTED_DICTS``): merge() does the same."""
+        monkeypatch.setattr(_wandb, "MERGES_NESTED_DICTS", merges)
+        merged, collisions = merge([(5, {"n": {"x": 1}, "a": 1}), (5, {"n": {"y": 2}})])
+        if merges:
+            assert (merged, collisions) == ({"n": {"x": 1, "y": 2}, "a": 1}, 0)
+        else:
+            assert (merged, collisions) == ({"n": {"y": 2}, "a": 1}, 1)
 
 
 class TestLatePolicies:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -136,8 +138,11 @@ class TestIncompleteFiles:
     def test_timeout_without_exit_warns_and_returns_rows(self, offline_run, tmp_path, caplog):
         """Without an exit record, read_history waits `timeout`, warns once, returns the rows."""
         path = finished_run_file(offline_run, [{"a": 0}, {"a": 1}])
+        kinds = [r.WhichOneof("record_type") for r in read_records(path)]
         cut_file = tmp_path / "unfinished.wandb"
-        cut_file.write_bytes(path.read_bytes()[: chunk_offsets(path)[-1]])  # drop `exit`
+        # Small records, one chunk each; wandb < 0.18 writes more records after `exit`.
+        exit_at = chunk_offsets(path)[kinds.index("exit")]
+        cut_file.write_bytes(path.read_bytes()[:exit_at])  # `exit` and all after it dropped
         with caplog.at_level(logging.WARNING, logger="stepsync.history"):
             rows = read_history(cut_file, timeout=0.05)
         assert user_rows(rows) == [{"_step": 0, "a": 0}, {"_step": 1, "a": 1}]
@@ -164,6 +169,84 @@ class TestIncompleteFiles:
         assert read_history(growing, timeout=5) == expected
         assert len(seen) == 2
         assert seen[0] < seen[1]
+
+
+def write_run_file(path: Path, records: list[Any]) -> Path:
+    """Write ``records`` as a run file (one FULL chunk each; the records must be small)."""
+    data = bytearray(b":W&B" + struct.pack("<HB", 0xBEE1, 0))
+    for record in records:
+        payload = record.SerializeToString()
+        data += struct.pack("<IHB", zlib.crc32(payload, zlib.crc32(b"\x01")), len(payload), 1)
+        data += payload
+    assert len(data) < 32768
+    path.write_bytes(bytes(data))
+    return path
+
+
+def python_backend_records(*, last_row_after_exit: bool) -> list[Any]:
+    """The record order of wandb 0.12 to 0.17 (Python backend): an empty header, the rows,
+    ``exit``, then (a last row), the summary, ``final`` and ``footer``."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    def history(step: int) -> Any:
+        record = pb.Record()
+        record.history.item.add(key="a", value_json=str(step))
+        record.history.item.add(key="_step", value_json=str(step))
+        return record
+
+    header, exit_, summary, final, footer = (pb.Record() for _ in range(5))
+    header.header.SetInParent()
+    exit_.exit.exit_code = 0
+    summary.summary.update.add(key="a", value_json="2")
+    final.final.SetInParent()
+    footer.footer.SetInParent()
+    rows = [history(0), history(1)]
+    if last_row_after_exit:
+        return [header, *rows, exit_, history(2), summary, final, footer]
+    return [header, *rows, history(2), exit_, summary, final, footer]
+
+
+class TestRecordsAfterExit:
+    """wandb before 0.18 (the Python backend) writes the last history row, the summary, `final`
+    and `footer` after the `exit` record: the reader waits for `final` there."""
+
+    @pytest.mark.parametrize("last_row_after_exit", [False, True])
+    def test_rows_and_records_after_exit_are_read(self, tmp_path, last_row_after_exit):
+        records = python_backend_records(last_row_after_exit=last_row_after_exit)
+        path = write_run_file(tmp_path / "run-legacy.wandb", records)
+        assert [row["a"] for row in read_history(path, timeout=1)] == [0, 1, 2]
+        kinds = [r.WhichOneof("record_type") for r in read_records(path, timeout=1)]
+        assert kinds[kinds.index("exit") + 1 :][-3:] == ["summary", "final", "footer"]
+
+    def test_waits_for_final_after_exit(self, tmp_path, monkeypatch):
+        """A Python-backend file that has `exit` but not yet `final` is waited for."""
+        records = python_backend_records(last_row_after_exit=True)
+        path = tmp_path / "run-legacy.wandb"
+        write_run_file(path, records[:4])  # header, two rows, `exit`
+        read_new = history._LogReader.read_new
+        calls: list[int] = []
+
+        def read_then_grow(reader: Any) -> None:
+            read_new(reader)
+            calls.append(len(reader.records))
+            if len(calls) == 1:  # the backend writes the rest while the reader waits
+                write_run_file(path, records)
+
+        monkeypatch.setattr(history._LogReader, "read_new", read_then_grow)
+        assert [row["a"] for row in read_history(path, timeout=5)] == [0, 1, 2]
+        assert len(calls) == 2
+
+    def test_no_final_after_exit_warns_and_returns_rows(self, tmp_path, caplog):
+        records = python_backend_records(last_row_after_exit=True)
+        path = write_run_file(
+            tmp_path / "run-legacy.wandb", records[:5]
+        )  # through the row after `exit`
+        with caplog.at_level(logging.WARNING, logger="stepsync.history"):
+            rows = read_history(path, timeout=0.05)
+        assert [row["a"] for row in rows] == [0, 1, 2]
+        warnings = [r.getMessage() for r in caplog.records if r.name == "stepsync.history"]
+        assert len(warnings) == 1
+        assert "no final record" in warnings[0]
 
 
 class TestBadFiles:

@@ -3,15 +3,61 @@
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any
 
 import pytest
 import wandb
-from _wandb_helpers import declared_metrics, records_of, rows_of, user_rows
+from _wandb_helpers import declared_metrics, derived_from_glob, records_of, rows_of, user_rows
 from wandb.sdk.wandb_run import Run
 
 import stepsync
 from stepsync import _wandb
+
+
+class TestUnsupportedWandb:
+    """wandb 0.12 to 0.14 (faked here): patch() and the activation leave wandb unpatched, with
+    one warning naming the minimum version, and never raise."""
+
+    NAMES = ("log", "_log", "define_metric", "step")
+
+    @pytest.fixture
+    def old_wandb(self, monkeypatch):
+        monkeypatch.setattr(_wandb, "SUPPORTED", False)
+        monkeypatch.setattr(_wandb, "_warned_unsupported", False)
+        monkeypatch.delenv(_wandb._WARNED_VARIABLE, raising=False)
+
+    def test_patch_warns_once_and_patches_nothing(self, old_wandb):
+        before = {name: Run.__dict__.get(name) for name in self.NAMES}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            stepsync.patch()
+            stepsync.patch()
+        assert [w.category for w in caught] == [RuntimeWarning]
+        assert "stepsync needs wandb >= 0.15.0" in str(caught[0].message)
+        assert "unpatched" in str(caught[0].message)
+        assert not stepsync.is_patched()
+        assert {name: Run.__dict__.get(name) for name in self.NAMES} == before
+        stepsync.unpatch()  # a no-op, no error
+        assert {name: Run.__dict__.get(name) for name in self.NAMES} == before
+
+    def test_activation_leaves_wandb_unpatched_without_an_error_line(
+        self, old_wandb, capsys, monkeypatch
+    ):
+        import _stepsync_boot
+
+        monkeypatch.setattr(_stepsync_boot, "_applied", False)
+        with pytest.warns(RuntimeWarning, match=r"wandb >= 0\.15\.0"):
+            _stepsync_boot.apply_patch()
+        assert not stepsync.is_patched()
+        assert "activation failed" not in capsys.readouterr().err
+
+    @pytest.mark.parametrize(
+        ("text", "version"),
+        [("0.15.12", (0, 15, 12)), ("0.19.0rc1", (0, 19, 0)), ("0.31.0.dev1", (0, 31, 0))],
+    )
+    def test_version_parsing(self, text, version):
+        assert _wandb._version(text) == version
 
 
 class TestPatchIdentity:
@@ -143,7 +189,7 @@ class TestChartAxis:
         make_late_row(run)
         with stepsync.step_scope(2):
             run.log({"train/loss": 0.5, "new": 1})
-        metrics = [m for m in records_of(run, "metric") if not m.metric.expanded_from_glob]
+        metrics = [m for m in records_of(run, "metric") if not derived_from_glob(m.metric)]
         assert declared_metrics(run) == {
             ("stepsync/step", ""),
             ("train/loss", "stepsync/step"),
@@ -180,7 +226,7 @@ class TestChartAxis:
         names = [
             m.metric.name
             for m in records_of(run, "metric")
-            if m.metric.name and not m.metric.expanded_from_glob
+            if m.metric.name and not derived_from_glob(m.metric)
         ]
         assert "train/loss" not in names
         assert names.count("eval/acc") == 1  # the user's own declaration only
