@@ -23,13 +23,12 @@ from stepsync._stats import Stats
 class Ledger:
     """The pending steps of one run and their ordered commit. Called with the manager's lock."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0917  (the run's parts, and two facts about it)
         self,
         run: Any,
         options: Options,
         stats: Stats,
         flusher: IdleFlusher,
-        *,
         shared: bool,
         next_step: int,
     ) -> None:

@@ -64,13 +64,9 @@ class StepManager:
         self._lock = threading.RLock()
         self._stats = Stats()
         self._flusher = IdleFlusher(self._options.flush_interval, self.commit_idle_steps)
+        next_step = 0 if self._noop else _wandb.starting_step(run)
         self._ledger = Ledger(
-            run,
-            self._options,
-            self._stats,
-            self._flusher,
-            shared=self._shared,
-            next_step=0 if self._noop else _wandb.starting_step(run),
+            run, self._options, self._stats, self._flusher, self._shared, next_step
         )
         #: The step of the last ``update_step`` or scope entered (None: wandb's auto-increment).
         self._current: int | None = None
@@ -173,7 +169,8 @@ class StepManager:
                 target, close = self._resolve(step, commit)
             else:  # inside a scope the scope's step wins
                 if step is not None and step != scope_step:
-                    self._step_conflict(step, scope_step, producer[0])
+                    self._stats.step_conflicts += 1
+                    logger.debug("stepsync: step=%d logged in scope %d", step, scope_step)
                 target, close = scope_step, False
             if target > self._frontier:
                 self._frontier = target
@@ -183,11 +180,8 @@ class StepManager:
 
     def scope_entered(self, step: int) -> None:
         """A scope of ``step`` opened (any thread): it is the current step; those below close.
-
-        Without the lock, so that opening a scope never waits for another thread's commit: a
-        race with a call in another thread can only leave the frontier lower, and a closed
-        step then waits a little longer for its commit. Nothing is lost.
-        """
+        No lock, so a scope never waits for another thread's commit: a race can only leave the
+        frontier lower, and a closed step then waits a little longer for its commit."""
         self._current = step
         if step > self._frontier:
             self._frontier = step
@@ -253,12 +247,6 @@ class StepManager:
         # (None or True) closes it, as plain wandb would.
         auto_step = max(self._frontier, self._ledger.committed_through + 1)
         return auto_step, commit is None or bool(commit)
-
-    def _step_conflict(self, step: int, scope_step: int, source: str) -> None:
-        self._stats.step_conflicts += 1
-        logger.debug(
-            "stepsync: %s logged step=%d in scope %d; the scope wins", source, step, scope_step
-        )
 
     def _bypass(self, data: Mapping[str, Any], step: int | None, commit: bool | None) -> bool:
         """True when the call is not buffered: a disabled run, a finished one (which raises, as
