@@ -73,7 +73,7 @@ class TestExceptionsInScopes:
 def capture_off(monkeypatch: pytest.MonkeyPatch) -> None:
     """Let values through uncaptured, so a value wandb refuses reaches the commit (as one that
     fails only there would)."""
-    monkeypatch.setattr(_manager, "capture", dict)
+    monkeypatch.setattr(_manager, "capture", lambda data: (dict(data), True))
 
 
 class TestWandbRefusesAValue:
