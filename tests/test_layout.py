@@ -90,8 +90,13 @@ def own_names(tree: ast.Module) -> set[str]:
             names.add(node.name)
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
             names.add(node.id)
-        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
-            names.add(node.attr)
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.ctx, ast.Store)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in ("self", "cls")
+        ):
+            names.add(node.attr)  # an attribute of its own objects (another's, written, is a reach)
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             names.update(alias.asname or alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
@@ -149,3 +154,5 @@ def test_the_checks_see_what_they_look_for():
     tree = ast.parse("import stepsync._live as live\nlive._members\n")
     assert any(isinstance(n, ast.Attribute) and n.attr == "_members" for n in ast.walk(tree))
     assert "_members" not in own_names(tree)
+    written = ast.parse("def f(manager):\n    manager._frontier = 1\n")
+    assert "_frontier" not in own_names(written)  # writing another object's field is a reach
