@@ -19,7 +19,6 @@ import stepsync
 from stepsync import (
     LateStepError,
     StepManager,
-    _wandb,
     get_manager,
     logs_metrics,
     propagate,
@@ -401,11 +400,12 @@ class TestMerging:
         assert collisions == sum(len(d) for _, d in entries) - len(expected)
 
     @pytest.mark.parametrize("merges", [True, False])
-    def test_nested_dicts_merge_as_the_installed_wandb_does(self, monkeypatch, merges):
+    def test_nested_dicts_merge_as_the_installed_wandb_does(self, merges):
         """wandb >= 0.18 merges nested dicts of one step leaf by leaf; before, the later dict
-        replaces the earlier one whole (``_wandb.MERGES_NESTED_DICTS``): merge() does the same."""
-        monkeypatch.setattr(_wandb, "MERGES_NESTED_DICTS", merges)
-        merged, collisions = merge([(5, {"n": {"x": 1}, "a": 1}), (5, {"n": {"y": 2}})])
+        replaces the earlier one whole (``_wandb.MERGES_NESTED_DICTS``, which a row's merge is
+        given as ``deep``): merge() does the same."""
+        entries = [(5, {"n": {"x": 1}, "a": 1}), (5, {"n": {"y": 2}})]
+        merged, collisions = merge(entries, merges)
         if merges:
             assert (merged, collisions) == ({"n": {"x": 1, "y": 2}, "a": 1}, 0)
         else:
