@@ -36,7 +36,8 @@ __all__ = ["DemoResult", "run_demo", "run_demo_cli"]
 
 MIN_STEPS = 30
 _CHILD_TIMEOUT = 300.0
-_WANDB_WARNING = re.compile(r"wandb: WARNING")
+#: wandb's warnings about steps (its drop warnings); wandb 0.17 also prints a notice per run.
+_WANDB_WARNING = re.compile(r"wandb: WARNING.*\bstep\b", re.IGNORECASE)
 
 
 # ------------------------------------------------------------------- running and reading
@@ -213,7 +214,7 @@ def render(results: Mapping[str, DemoResult], steps: int, wandb_version: str | N
         ("wandb.log calls made by the job", lambda r: r.log_calls),
         ("log calls reaching wandb", lambda r: r.wandb_calls),
         ("log calls wandb dropped", lambda r: r.drops_reported),
-        ("warnings printed by wandb", lambda r: r.warnings),
+        ("step warnings printed by wandb", lambda r: r.warnings),
         ("job seconds (incl. finish)", lambda r: f"{r.seconds:.2f}"),
     ]
     table = render_table(
