@@ -20,11 +20,6 @@ class IdleFlusher:
         self._tick = tick
         self._wake: threading.Event | None = None
 
-    @property
-    def running(self) -> bool:
-        """True between ``start()`` and ``stop()``."""
-        return self._wake is not None
-
     def start(self) -> None:
         """Start the thread, unless it runs already (or the interval is 0: no timer)."""
         if self._wake is not None or self._interval <= 0:

@@ -58,8 +58,8 @@ class Ledger:
         close: bool,
         frontier: int,
         nested: bool,
-    ) -> bool:
-        """Add one call's entry to ``step``; False when the late policy kept it from there.
+    ) -> None:
+        """Add one call's entry to ``step``, unless the late policy keeps it from there.
 
         ``closed``: plain wandb would have written the step's row already. ``close``: the
         call completes the step (``commit=True``), which is written now. ``frontier``: the
@@ -68,14 +68,13 @@ class Ledger:
         """
         through = self._rows.committed_through
         if step <= through and not self._late.accept(step, entry, source, through):
-            return False
+            return
         if self._pending.add(step, entry, closed, nested) and not close:
             self._flusher.start()  # a step is left pending: the timer watches it
         if close:
             self.commit_through(step)
         elif self._pending.entries > self._limit:
             self._commit_overflow(frontier)
-        return True
 
     def commit_through(self, through: int) -> None:
         """Write every pending step <= ``through``, lowest first."""
