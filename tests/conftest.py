@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,6 +12,12 @@ import pytest
 
 # No error reports to Sentry from the tests (offline, no network): wandb reads this at import.
 os.environ["WANDB_ERROR_REPORTING"] = "false"
+
+# wandb < 0.18 imports PIL.Image lazily (``wandb.util.import_module_lazy``): into sys.modules,
+# without setting the ``PIL.Image`` attribute, so matplotlib's ``PIL.Image`` fails in any later
+# test (measured on 0.15.12). Imported for real first, wandb then finds it in sys.modules.
+with contextlib.suppress(ImportError):
+    import PIL.Image  # noqa: F401
 
 from _wandb_helpers import finish_run, init_run
 
