@@ -133,6 +133,10 @@ class MetricDefinitions:
                 declarations.append((key, options))
         return declarations
 
+    def only_stepsync_defines(self) -> bool:
+        """True once stepsync declared metrics and the user defined none."""
+        return self.switched and not self._names and not self._globs
+
     def summary_of(self, key: str) -> frozenset[str]:
         """The summary options the user set for ``key`` (empty: wandb's default, the last value)."""
         definition = self._effective(key)

@@ -7,7 +7,10 @@ overwrote: before user code reads ``run.summary``, at ``flush()``, on the idle t
 ``finish()``, one summary update each time, never a round trip per late row. Keys with a user
 ``summary=`` are aggregated by wandb-core over every row (the late value rightly takes part in
 min, max, mean), but wandb-core stops aggregating a key once its summary is written (measured,
-wandb 0.31): so a ``last`` among those options is put right only at ``finish()``.
+wandb 0.31): so a ``last`` among those options is put right only at ``finish()``. wandb < 0.18
+stops writing nested keys into the summary once a metric is defined: when stepsync's axis
+declarations are the run's only ones, the keeper writes those keys back too; and it skips a
+row's value equal to the key's previous row, so a key written back once is written back again.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ class SummaryKeeper:
         self._group_step = -1
         self._stale: set[Leaf] = set()  # leaves a late row overwrote: written back at `restore()`
         self._last_fixes: set[Leaf] = set()  # leaves with a user `last`: written back at finish
+        # wandb < 0.18: leaves written back once, whose later rows may not reach the summary
+        self._written_back: set[Leaf] = set()
 
     def after_row(self, step: int, row: Mapping[str, Any], late: bool, nested: bool) -> None:
         """Note a committed row; a late one marks the keys whose summary it overwrote.
@@ -63,11 +68,20 @@ class SummaryKeeper:
             if self._stale or self._last_fixes:  # a newer row writes these summaries itself
                 self._stale.difference_update(values)
                 self._last_fixes.difference_update(values)
+            if self._written_back:  # wandb < 0.18 may skip the row's value: written back again
+                self._stale.update(self._written_back.intersection(values))
             if values.keys() != self._group:
                 self._fold_group()
                 self._group = frozenset(values)
             self._group_step = step
         self._newest_value.update(values)
+        if (
+            nested
+            and _wandb.DEFINITIONS_HIDE_NESTED_SUMMARIES
+            and self._metrics.only_stepsync_defines()
+        ):
+            # wandb < 0.18 no longer writes nested keys into the summary: it is written back
+            self._mark_stale([key for key in values if isinstance(key, tuple)])
 
     def _fold_group(self) -> None:
         """Write the step of the last row's leaves into ``_newest_step``; start a new group."""
@@ -79,6 +93,8 @@ class SummaryKeeper:
         if not self._stale:
             return
         keys, self._stale = self._stale, set()
+        if _wandb.SUMMARY_SKIPS_REPEATED_VALUES:
+            self._written_back.update(keys)
         self._write({key: _as_written(self._newest_value[key]) for key in keys})
 
     def at_finish(self) -> None:
@@ -101,13 +117,18 @@ class SummaryKeeper:
         self._write(values)
 
     def _mark_stale(self, keys: list[Leaf]) -> None:
+        # wandb < 0.18 leaves these out of the summary, natively too, once the user defines one
+        nested_left_out = (
+            _wandb.DEFINITIONS_HIDE_NESTED_SUMMARIES and not self._metrics.only_stepsync_defines()
+        )
         for key in keys:
             name = dotted(key)
             if name.startswith("_") or is_wandb_object(self._newest_value.get(key)):
                 continue
             options = self._metrics.summary_of(name)
             if not options:
-                self._stale.add(key)
+                if not (nested_left_out and isinstance(key, tuple)):
+                    self._stale.add(key)
             elif "last" in options:
                 self._last_fixes.add(key)
 
@@ -118,7 +139,9 @@ class SummaryKeeper:
             paths = {(k,) if isinstance(k, str) else k: value for k, value in values.items()}
             _wandb.write_summary(self._run, paths)
         except Exception:
-            logger.exception("stepsync: could not restore the summary of %s", sorted(values))
+            logger.exception(
+                "stepsync: could not restore the summary of %s", sorted(map(dotted, values))
+            )
 
 
 def _as_written(value: Any) -> Any:

@@ -48,6 +48,17 @@ SEVERAL_LIVE_RUNS = VERSION >= (0, 19, 10)
 #: ``dict.update``) keep only the later dict: ``{"n": {"y": 2}}``. stepsync's merge follows.
 MERGES_NESTED_DICTS = VERSION >= (0, 18, 0)
 
+#: wandb 0.15.0 to 0.17.9 (the Python backend: ``HandleManager._update_summary_leaf``) stop
+#: writing nested keys (``{"train": {"loss": 1}}``) into the summary once any metric is defined,
+#: unless a ``summary=`` option covers them; wandb-core keeps writing them. stepsync's own
+#: declarations must not cause that, so its summary keeper writes those keys back itself.
+DEFINITIONS_HIDE_NESTED_SUMMARIES = VERSION < (0, 18, 0)
+
+#: wandb 0.15.0 to 0.17.9, once any metric is defined, write a key's summary only when its value
+#: differs from the key's previous row (``HandleManager._update_summary_leaf``): after a summary
+#: write of stepsync's, a row that repeats the previous row's value leaves the summary as written.
+SUMMARY_SKIPS_REPEATED_VALUES = VERSION < (0, 18, 0)
+
 #: wandb's record of its own monkeypatches (``{"tensorboard": [...], ...}``); never rebound.
 PATCHES: dict[str, Any] = getattr(wandb, "patched", None) or {}
 
@@ -170,9 +181,21 @@ def write_summary(run: Any, values: Mapping[tuple[str, ...], Any]) -> None:
 def _write_summary(run: Any, values: Mapping[tuple[str, ...], Any]) -> None:
     for path, value in values.items():
         node = run.summary
-        for part in path[:-1]:
-            node = node[part]
-        node[path[-1]] = value
+        for depth, part in enumerate(path[:-1]):
+            try:
+                node = node[part]
+            except KeyError:  # no such parent (wandb < 0.18 may leave nested keys out): made
+                node[part] = _nested(path[depth + 1 :], value)
+                break
+        else:
+            node[path[-1]] = value
+
+
+def _nested(keys: tuple[str, ...], value: Any) -> Any:
+    """``("a", "b"), v`` -> ``{"a": {"b": v}}``."""
+    for key in reversed(keys):
+        value = {key: value}
+    return value
 
 
 def unserializable_keys(run: Any, row: Mapping[str, Any], step: int) -> list[str]:

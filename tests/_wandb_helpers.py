@@ -135,3 +135,41 @@ def derived_from_glob(metric: Any) -> bool:
     if "expanded_from_glob" in metric.DESCRIPTOR.fields_by_name:
         return bool(metric.expanded_from_glob)
     return not metric.options.defined
+
+
+def _set_path(target: dict[str, Any], keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        if not isinstance(target.get(key), dict):
+            target[key] = {}
+        target = target[key]
+    target[keys[-1]] = value
+
+
+def fold_updates(records: list[Any], kind: str) -> dict[str, Any]:
+    """A ``summary`` or ``config`` as the file ends with it: every record's updates in order."""
+    folded: dict[str, Any] = {}
+    for record in records:
+        if record.WhichOneof("record_type") != kind:
+            continue
+        message = getattr(record, kind)
+        for item in message.update:
+            _set_path(folded, list(item.nested_key) or [item.key], json.loads(item.value_json))
+        for item in message.remove:
+            keys = list(item.nested_key) or [item.key]
+            level: Any = folded
+            for key in keys[:-1]:
+                level = level.get(key, {}) if isinstance(level, dict) else {}
+            if isinstance(level, dict):
+                level.pop(keys[-1], None)
+    return folded
+
+
+def recorded_summary(records: list[Any]) -> dict[str, Any]:
+    """The summary the file ends with: every ``summary`` record's updates applied in order."""
+    return fold_updates(records, "summary")
+
+
+def summary_of(run: Any) -> dict[str, Any]:
+    """Finish ``run`` if needed and return the summary its file ends with."""
+    finish_run(run)
+    return recorded_summary(read_records(run.settings.sync_file))

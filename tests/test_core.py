@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import wandb
-from _wandb_helpers import AXIS, QUIET, rows, wait_until
+from _wandb_helpers import AXIS, QUIET, rows, summary_of, wait_until
 from hypothesis import given
 from strategies import entries
 
@@ -117,6 +117,35 @@ class TestCommits:
             (4, 4, 3),
             (5, 5, 4),
         ]
+
+    def test_nested_summaries_follow_the_newest_step_after_the_axis_switch(self, offline_run):
+        """Once late data puts keys on stepsync's axis, nested keys still reach the summary at
+        their newest step (wandb < 0.18 stops writing them once any metric is defined)."""
+        stepsync.patch()
+        run = offline_run()
+        run.log({"train": {"loss": 1.0}})
+        run.log({"train": {"loss": 2.0}})
+        run.log({"x": 0}, step=0)  # late: the switch to the axis
+        run.log({"train": {"loss": 3.0}, "note": "a", "val": {"acc": 0.5}})  # `val` is new
+        summary = summary_of(run)
+        assert (summary["train"], summary["val"], summary["note"]) == (
+            {"loss": 3.0},
+            {"acc": 0.5},
+            "a",
+        )
+
+    def test_a_value_repeated_after_a_summary_write_back_reaches_the_summary(self, offline_run):
+        """A late row's value, written back over at a summary read, then logged again at a new
+        step: that is the summary (wandb < 0.18 skips a value equal to the key's previous row)."""
+        stepsync.patch()
+        run = offline_run()
+        run.define_metric("loss", summary="min")  # a definition: wandb < 0.18 checks for repeats
+        run.log({"acc": 1})
+        run.log({"acc": 2})
+        run.log({"acc": 5}, step=0)  # late
+        assert run.summary["acc"] == 2  # the newest step's value, written back at the read
+        run.log({"acc": 5})
+        assert summary_of(run)["acc"] == 5
 
     def test_a_closed_step_keeps_its_first_value_of_a_key(self, offline_run):
         """Plain wandb wrote step 3 when step 4 came, so a second loss for step 3 must not
@@ -454,7 +483,9 @@ class TestLatePolicies:
             manager.log({"x": 1, "y": 2}, step=0)
             manager.log({"x": 3}, step=2)
             manager.finalize()
-        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        warnings = [
+            r for r in caplog.records if r.name == "stepsync" and r.levelno == logging.WARNING
+        ]
         assert len(warnings) == 1
         assert "dropped 2" in warnings[0].getMessage()
         assert "0..2" in warnings[0].getMessage()
