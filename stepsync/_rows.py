@@ -2,7 +2,8 @@
 
 Each row carries its logical step under the axis key and goes to native step
 ``max(logical, last native + 1)``. After it, the declarations it calls for are made
-(``_metrics``) and the summary it overwrote is noted (``_summary``).
+(``_metrics``) and the summary it overwrote is noted (``_summary``); the axis itself is declared
+just before the first row whose native step differs from its logical step.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ class RowWriter:
             self.committed_through = step
         # wandb may raise the native step further (something else moved the run on)
         native = max(step, self._last_native + 1)
+        if native != step and not self._metrics.switched:
+            # the first row off its logical step: declared before it, so wandb writes it as a
+            # defined row (wandb < 0.18 would otherwise let its nested dicts replace the summary's)
+            self._metrics.committed(row)
+            self._declare(self._metrics.switch())
         try:
             native = self._log(step, row, native)
         except Exception:

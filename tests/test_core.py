@@ -134,6 +134,18 @@ class TestCommits:
             "a",
         )
 
+    def test_the_first_late_row_keeps_the_nested_summary_it_does_not_write(self, offline_run):
+        """The first late row, the one that puts keys on the axis, writes an empty ``train``:
+        ``train.loss`` keeps its summary (wandb < 0.18 replaced nested dicts whole in the
+        summary until a metric was defined: the axis is declared before that row)."""
+        stepsync.patch()
+        run = offline_run()
+        run.log({"loss": 0, "train": {"loss": 1.5}})
+        run.log({"loss": 1})
+        run.log({"train": {}, "loss": 2}, step=0)  # late
+        summary = summary_of(run)
+        assert (summary["train"], summary["loss"]) == ({"loss": 1.5}, 1)
+
     def test_a_value_repeated_after_a_summary_write_back_reaches_the_summary(self, offline_run):
         """A late row's value, written back over at a summary read, then logged again at a new
         step: that is the summary (wandb < 0.18 skips a value equal to the key's previous row)."""

@@ -299,7 +299,10 @@ def dotted_keys(items: tuple[tuple[str, Value], ...]) -> Iterator[str]:
 #: Names and summary options for late programs. Only what has one meaning under late rows: the
 #: newest logical step's value, or wandb's aggregation over every kept value ("first"/"last" would
 #: need file order or logical order pinned; they are not).
-LATE_NAMES = ("loss", "acc", "val/*", "train.*")
+#: wandb < 0.18 expands a glob only when a matching key is first written, and nested keys leave
+#: the summary from the first definition on: file order would decide, and stepsync writes in
+#: logical order. There, late programs define by name only (defined before any row).
+LATE_NAMES = ("loss", "acc") if PYTHON_BACKEND else ("loss", "acc", "val/*", "train.*")
 LATE_SUMMARIES = ("min", "max", "mean", "none", "min,max")
 
 
