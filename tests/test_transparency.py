@@ -358,6 +358,8 @@ class Outcome:
     raw_recorded: dict[str, Any]
     raw_metrics: list[dict[str, Any]]
     rows_at_read: int  # how many rows wandb had when the live summary was read
+    #: How many rows came before the first metric definition in the file (all, with none).
+    rows_before_definitions: int
 
 
 @dataclass(frozen=True)
@@ -539,6 +541,7 @@ def outcome_of(
         raw_recorded=summary,
         raw_metrics=metrics,
         rows_at_read=rows_before_mark(records),
+        rows_before_definitions=rows_before_definitions(records),
     )
 
 
@@ -600,6 +603,17 @@ def rows_before_mark(records: list[Any]) -> int:
             return rows
         rows += kind == "history"
     raise AssertionError("no read mark in the run file")
+
+
+def rows_before_definitions(records: list[Any]) -> int:
+    """How many history records come before the first metric record (all of them with none)."""
+    rows = 0
+    for record in records:
+        kind = record.WhichOneof("record_type")
+        if kind == "metric":
+            return rows
+        rows += kind == "history"
+    return rows
 
 
 def recorded_config(records: list[Any]) -> dict[str, Any]:
@@ -750,7 +764,8 @@ class TestLatePrograms:
                 unused.remove(value)
             assert values[-1] == written[where][-1], f"{where}: the last write is not the last row"
 
-        final = expected_summary(program, writes, calls, synced.raw_rows)
+        undefined = synced.rows_before_definitions
+        final = expected_summary(program, writes, calls, synced.raw_rows, undefined)
         for path, value in final.items():
             assert summary_at(synced.raw_recorded, path) == value, f"recorded summary of {path}"
 
@@ -760,7 +775,7 @@ class TestLatePrograms:
         seen = synced.raw_rows[: synced.rows_at_read]
         closed = {step for step, late in calls if step < synced.program.model.current and not late}
         assert closed <= {row[AXIS] for row in seen}, "a closed step was held back at a read"
-        live = summary_of_rows(program, seen)
+        live = summary_of_rows(program, seen, undefined)
         for path in final:
             assert summary_at(synced.raw_live, path) == live.get(path, MISSING), (
                 f"live summary of {path}"
@@ -784,9 +799,12 @@ def user_leaves(row: dict[str, Any]) -> Iterator[tuple[tuple[str, ...], Any]]:
     return ((path, value) for path, value in leaves(normalized(row)) if path != ("_step",))
 
 
-def summary_of_rows(ops: list[Op], rows: list[dict[str, Any]]) -> dict[tuple[str, ...], Any]:
-    """The summary ``rows`` (stepsync's, in file order) should give: per leaf, its value in the
-    row of the newest logical step (the later row at a tie), or the user's aggregation."""
+def summary_of_rows(
+    ops: list[Op], rows: list[dict[str, Any]], undefined: int
+) -> dict[tuple[str, ...], Any]:
+    """The summary ``rows`` (stepsync's, in file order; the first ``undefined`` of them written
+    before any metric definition) should give: per leaf, its value in the row of the newest
+    logical step (the later row at a tie), or the user's aggregation."""
     newest: dict[tuple[str, ...], tuple[int, Any]] = {}
     kept: dict[tuple[str, ...], list[Any]] = {}
     for row in rows:
@@ -799,7 +817,7 @@ def summary_of_rows(ops: list[Op], rows: list[dict[str, Any]]) -> dict[tuple[str
     }
     for path, (_, value) in newest.items():
         options = summary_options_of(path, ops)
-        if left_out_of_summary(path, options, ops):
+        if left_out_of_summary(path, options, ops) or replaced_whole(path, rows, undefined):
             expected[path] = MISSING
         else:
             expected[path] = _summary_entry(options, value, kept[path])
@@ -817,6 +835,17 @@ def left_out_of_summary(path: tuple[str, ...], options: set[str] | None, ops: li
     )
 
 
+def replaced_whole(path: tuple[str, ...], rows: list[dict[str, Any]], undefined: int) -> bool:
+    """wandb < 0.18, before any metric is defined, sets a row's top-level keys in the summary
+    whole: a nested leaf is gone once such a row holds its key without it (``{"train": {}}``),
+    until a later row writes the leaf again."""
+    if MERGES_NESTED_DICTS or len(path) == 1:
+        return False
+    holding = [i for i, row in enumerate(rows) if path in dict(user_leaves(row))]
+    last = holding[-1] if holding else -1
+    return any(path[0] in rows[i] for i in range(last + 1, min(undefined, len(rows))))
+
+
 def _summary_entry(options: set[str] | None, value: Any, kept: list[Any]) -> Any:
     if options is None:
         return value
@@ -830,10 +859,12 @@ def expected_summary(
     writes: list[Write],
     calls: list[tuple[int, bool]],
     rows: list[dict[str, Any]],
+    undefined: int,
 ) -> dict[tuple[str, ...], Any]:
     """Per leaf: its value at its newest logical step (the later write at a tie), or the user's
-    ``summary=`` aggregation over the values kept in ``rows`` (MISSING for "none" or for a leaf
-    with no write); the axis key: the newest logical step of ``calls``."""
+    ``summary=`` aggregation over the values kept in ``rows`` (MISSING for "none", for a leaf
+    with no write, or one replaced whole, see ``replaced_whole``); the axis key: the newest
+    logical step of ``calls``."""
     newest: dict[tuple[str, ...], tuple[int, Any]] = {}
     for write in writes:  # call order: at one step, the later write wins
         if write.path not in newest or write.step >= newest[write.path][0]:
@@ -845,7 +876,11 @@ def expected_summary(
     expected: dict[tuple[str, ...], Any] = {(AXIS,): max((s for s, _ in calls), default=MISSING)}
     for path, (_, value) in newest.items():
         options = summary_options_of(path, ops)
-        if path not in kept or left_out_of_summary(path, options, ops):
+        if (
+            path not in kept
+            or left_out_of_summary(path, options, ops)
+            or replaced_whole(path, rows, undefined)
+        ):
             expected[path] = MISSING
         else:
             expected[path] = _summary_entry(options, value, kept[path])
