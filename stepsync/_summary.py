@@ -68,12 +68,12 @@ class SummaryKeeper:
             if self._stale or self._last_fixes:  # a newer row writes these summaries itself
                 self._stale.difference_update(values)
                 self._last_fixes.difference_update(values)
-            if self._written_back:  # wandb < 0.18 may skip the row's value: written back again
-                self._stale.update(self._written_back.intersection(values))
             if values.keys() != self._group:
                 self._fold_group()
                 self._group = frozenset(values)
             self._group_step = step
+        if self._written_back:  # wandb < 0.18 may skip the row's value: written back again
+            self._stale.update(self._written_back.intersection(values))
         self._newest_value.update(values)
         if (
             nested

@@ -159,6 +159,21 @@ class TestCommits:
         run.log({"acc": 5})
         assert summary_of(run)["acc"] == 5
 
+    def test_a_late_value_at_the_newest_step_after_a_write_back_reaches_the_summary(
+        self, offline_run
+    ):
+        """A late row at a key's newest step, repeating a value written back over before: that
+        is the summary (the later write at a step wins; wandb < 0.18 skips a repeated value)."""
+        stepsync.patch()
+        run = offline_run()
+        run.define_metric("loss", summary="min")  # a definition: wandb < 0.18 checks for repeats
+        run.log({"acc": 1})
+        run.log({"acc": 2})
+        run.log({"acc": 5}, step=0)  # late
+        assert run.summary["acc"] == 2  # the newest step's value, written back at the read
+        run.log({"acc": 5}, step=1)  # late, at the newest step of acc: the later write there
+        assert summary_of(run)["acc"] == 5
+
     def test_a_closed_step_keeps_its_first_value_of_a_key(self, offline_run):
         """Plain wandb wrote step 3 when step 4 came, so a second loss for step 3 must not
         replace the first: it lands as an extra row of step 3; a new key still merges."""
