@@ -146,24 +146,13 @@ class TestCommits:
         summary = summary_of(run)
         assert (summary["train"], summary["loss"]) == ({"loss": 1.5}, 1)
 
-    def test_a_value_repeated_after_a_summary_write_back_reaches_the_summary(self, offline_run):
-        """A late row's value, written back over at a summary read, then logged again at a new
-        step: that is the summary (wandb < 0.18 skips a value equal to the key's previous row)."""
-        stepsync.patch()
-        run = offline_run()
-        run.define_metric("loss", summary="min")  # a definition: wandb < 0.18 checks for repeats
-        run.log({"acc": 1})
-        run.log({"acc": 2})
-        run.log({"acc": 5}, step=0)  # late
-        assert run.summary["acc"] == 2  # the newest step's value, written back at the read
-        run.log({"acc": 5})
-        assert summary_of(run)["acc"] == 5
-
-    def test_a_late_value_at_the_newest_step_after_a_write_back_reaches_the_summary(
-        self, offline_run
+    @pytest.mark.parametrize("step", [None, 1], ids=["newer-step", "late-at-its-newest-step"])
+    def test_a_value_repeated_after_a_summary_write_back_reaches_the_summary(
+        self, offline_run, step
     ):
-        """A late row at a key's newest step, repeating a value written back over before: that
-        is the summary (the later write at a step wins; wandb < 0.18 skips a repeated value)."""
+        """A late row's value, written back over at a summary read, then logged again at a newer
+        step, or late at the key's newest step (the later write there wins): that is the
+        summary (wandb < 0.18 skips a value equal to the key's previous row)."""
         stepsync.patch()
         run = offline_run()
         run.define_metric("loss", summary="min")  # a definition: wandb < 0.18 checks for repeats
@@ -171,7 +160,7 @@ class TestCommits:
         run.log({"acc": 2})
         run.log({"acc": 5}, step=0)  # late
         assert run.summary["acc"] == 2  # the newest step's value, written back at the read
-        run.log({"acc": 5}, step=1)  # late, at the newest step of acc: the later write there
+        run.log({"acc": 5}, step=step)
         assert summary_of(run)["acc"] == 5
 
     def test_a_closed_step_keeps_its_first_value_of_a_key(self, offline_run):
