@@ -806,22 +806,41 @@ def summary_of_rows(
     before any metric definition) should give: per leaf, its value in the row of the newest
     logical step (the later row at a tie), or the user's aggregation."""
     newest: dict[tuple[str, ...], tuple[int, Any]] = {}
+    for row in rows:
+        for path, value in user_leaves(row):
+            if path not in newest or row[AXIS] >= newest[path][0]:
+                newest[path] = (row[AXIS], value)
+    return {
+        (AXIS,): max((row[AXIS] for row in rows), default=MISSING),
+        **summary_entries(ops, newest, rows, undefined),
+    }
+
+
+def summary_entries(
+    ops: list[Op],
+    newest: dict[tuple[str, ...], tuple[int, Any]],
+    rows: list[dict[str, Any]],
+    undefined: int,
+) -> dict[tuple[str, ...], Any]:
+    """Per leaf, from its (step, value) at its newest logical step: that value, or the user's
+    ``summary=`` aggregation over the values kept in ``rows``; MISSING for "none", for a leaf
+    no row kept, one wandb < 0.18 leaves out or one it replaced whole."""
     kept: dict[tuple[str, ...], list[Any]] = {}
     for row in rows:
         for path, value in user_leaves(row):
             kept.setdefault(path, []).append(value)
-            if path not in newest or row[AXIS] >= newest[path][0]:
-                newest[path] = (row[AXIS], value)
-    expected: dict[tuple[str, ...], Any] = {
-        (AXIS,): max((row[AXIS] for row in rows), default=MISSING)
-    }
+    entries: dict[tuple[str, ...], Any] = {}
     for path, (_, value) in newest.items():
         options = summary_options_of(path, ops)
-        if left_out_of_summary(path, options, ops) or replaced_whole(path, rows, undefined):
-            expected[path] = MISSING
+        if (
+            path not in kept
+            or left_out_of_summary(path, options, ops)
+            or replaced_whole(path, rows, undefined)
+        ):
+            entries[path] = MISSING
         else:
-            expected[path] = _summary_entry(options, value, kept[path])
-    return expected
+            entries[path] = _summary_entry(options, value, kept[path])
+    return entries
 
 
 def left_out_of_summary(path: tuple[str, ...], options: set[str] | None, ops: list[Op]) -> bool:
@@ -861,30 +880,16 @@ def expected_summary(
     rows: list[dict[str, Any]],
     undefined: int,
 ) -> dict[tuple[str, ...], Any]:
-    """Per leaf: its value at its newest logical step (the later write at a tie), or the user's
-    ``summary=`` aggregation over the values kept in ``rows`` (MISSING for "none", for a leaf
-    with no write, or one replaced whole, see ``replaced_whole``); the axis key: the newest
-    logical step of ``calls``."""
+    """Per leaf: its entry (``summary_entries``) from its value at its newest logical step (the
+    later write at a tie); the axis key: the newest logical step of ``calls``."""
     newest: dict[tuple[str, ...], tuple[int, Any]] = {}
     for write in writes:  # call order: at one step, the later write wins
         if write.path not in newest or write.step >= newest[write.path][0]:
             newest[write.path] = (write.step, write.value)
-    kept: dict[tuple[str, ...], list[Any]] = {}
-    for row in rows:
-        for path, value in user_leaves(row):
-            kept.setdefault(path, []).append(value)
-    expected: dict[tuple[str, ...], Any] = {(AXIS,): max((s for s, _ in calls), default=MISSING)}
-    for path, (_, value) in newest.items():
-        options = summary_options_of(path, ops)
-        if (
-            path not in kept
-            or left_out_of_summary(path, options, ops)
-            or replaced_whole(path, rows, undefined)
-        ):
-            expected[path] = MISSING
-        else:
-            expected[path] = _summary_entry(options, value, kept[path])
-    return expected
+    return {
+        (AXIS,): max((s for s, _ in calls), default=MISSING),
+        **summary_entries(ops, newest, rows, undefined),
+    }
 
 
 def aggregate(options: set[str], values: list[Any]) -> dict[str, Any]:
